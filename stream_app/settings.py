@@ -1,0 +1,119 @@
+"""One settings object for the whole product: defaults < environment (RECSYS_*) < CLI flags.
+
+Every field is documented here once; `recsys settings` prints the table that the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RECSYS_"
+
+
+def _setting(default: Any, doc: str, group: str) -> Any:
+    return field(default=default, metadata={"doc": doc, "group": group})
+
+
+@dataclass
+class Settings:
+    # data
+    data_cache: str = _setting(
+        str(Path.home() / ".cache" / "recsys"), "where `recsys data download` stores datasets", "data"
+    )
+    data_mirror: str = _setting(
+        "", "folder or file:// URL holding MovieLens folders or zips, used instead of GroupLens", "data"
+    )
+    # model / training
+    artifacts_dir: str = _setting("model_artifacts", "folder of versioned model artifacts", "model")
+    device: str = _setting("auto", "torch device for training: auto, cpu or cuda", "model")
+    seed: int = _setting(0, "random seed (training, fold-in sampling, demo)", "model")
+    # kafka / stream
+    broker_url: str = _setting("kafka://127.0.0.1:9092", "Kafka bootstrap server(s)", "stream")
+    app_id: str = _setting("recsys", "Faust application id (consumer group, changelog prefix)", "stream")
+    partitions: int = _setting(4, "partitions of input topics and tables", "stream")
+    replication_factor: int = _setting(1, "replication factor of topics the app creates", "stream")
+    topic_ratings: str = _setting("ratings", "input: rating events", "stream")
+    topic_users: str = _setting("users", "input: user create/update events", "stream")
+    topic_items: str = _setting("items", "input: item create/update events", "stream")
+    topic_requests: str = _setting("recommend-requests", "input: recommendation requests", "stream")
+    topic_user_vectors: str = _setting("user-vectors", "output: updated user vectors", "stream")
+    topic_item_vectors: str = _setting("item-vectors", "output: updated item vectors", "stream")
+    topic_recommendations: str = _setting("recommendations", "output: top-N lists", "stream")
+    topic_dead_letters: str = _setting("dead-letters", "output: rejected input with a reason", "stream")
+    window_user: int = _setting(64, "recent ratings kept per user for fold-in", "stream")
+    window_item: int = _setting(64, "recent ratings kept per item for fold-in", "stream")
+    top_n: int = _setting(10, "default length of recommendation lists", "stream")
+    recommend_on_rating: bool = _setting(True, "publish a fresh top-N after each rating of a user", "stream")
+    batch_size: int = _setting(256, "events folded in per encoder call (stream.take)", "stream")
+    batch_timeout: float = _setting(0.05, "seconds to wait for a batch to fill", "stream")
+    max_event_bytes: int = _setting(65536, "larger payloads go to dead-letters", "stream")
+    store_dir: str = _setting("stores", "RocksDB table store folder", "stream")
+    web_port: int = _setting(6066, "worker web port (serves /metrics)", "stream")
+    broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse(type_name: Any, raw: str, name: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SystemExit(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """Add `--some-setting` flags for every setting in the given groups (default None = keep env/default)."""
+    for f in fields(Settings):
+        if f.metadata["group"] not in groups:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f.metadata["doc"])
+        else:
+            conv = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, dest=f.name, default=None, type=conv, help=f.metadata["doc"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    names = {f.name for f in fields(Settings)}
+    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def settings_table() -> str:
+    """Markdown table of all settings, for the README and `recsys settings`."""
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default if f.name != "data_cache" else "~/.cache/recsys"
+        rows.append(f"| `{ENV_PREFIX}{f.name.upper()}` | `--{f.name.replace('_', '-')}` | `{default}` "
+                    f"| {f.metadata['doc']} |")
+    return "\n".join(rows)
