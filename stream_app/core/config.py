@@ -1,0 +1,70 @@
+"""Hyperparameters of the model and its training, saved in every artifact's manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ENCODERS = ("set", "concat")
+OBJECTIVES = ("joint", "reconstruct")
+
+
+@dataclass
+class ModelConfig:
+    # ID space and sampling (METHOD.md: N 16..64, M 5..9, K 24..64)
+    n_dim: int = 32
+    m_records: int = 8
+    k_samples: int = 32
+    # "concat": the seed's fixed-M concatenation; "set": permutation-invariant set encoder
+    encoder: str = "set"
+    # "joint": encoders, decoders and predictor trained together (prediction loss flows into the
+    # encoders); "reconstruct": the seed's recipe, AEs trained on reconstruction only and the
+    # predictor trained afterwards on the refined vectors
+    objective: str = "joint"
+    hidden: int = 128
+    predictor_hidden: int = 128
+    dropout: float = 0.1
+    # training schedule
+    rounds: int = 24
+    steps_per_round: int = 150  # AE/predictor steps between two ID refinements
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    recon_weight: float = 0.5  # weight of the AE reconstruction loss in the joint objective
+    thumbs_weight: float = 0.2  # weight of the thumbs up/down head
+    train_k: int = 2  # codes averaged per entity for one training example (K at serve time)
+    predictor_epochs: int = 8  # "reconstruct" objective: predictor epochs after refinement
+    # ID refinement
+    smoothing: float = 0.5  # step toward the breathing-corrected target, 1 = jump
+    breathing: bool = True  # remove the common drift of all codes before moving
+    init_scale: float = 0.3  # random initial ID vectors ~ U(-s, s)
+    # serving
+    cold_ridge: float = 1.0  # ridge penalty of the side-data -> vector cold-start regression
+    valid_fraction: float = 0.05  # training ratings held out to report validation error
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if not 1 <= self.m_records <= 64:
+            raise ValueError("m_records must be in 1..64")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError("smoothing must be in (0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

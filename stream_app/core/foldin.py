@@ -1,0 +1,191 @@
+"""The serving API: fold-in of users and items with the frozen encoders, prediction, top-N.
+
+Nothing here takes a gradient step. An entity's vector is the mean of K codes of random
+M-subsets of its ratings, minus the breathing offset frozen at training time; an entity with
+no ratings gets its cold-start vector from side data. Sampling is seeded per entity (from the
+seed and the entity's index), so a vector does not depend on which batch it was folded in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stream_app.core.model import AEVecModel
+from stream_app.core.records import encode_entities, pack_record_sets
+
+SIDES = ("user", "item")
+
+
+def other(side: str) -> str:
+    return "item" if side == "user" else "user"
+
+
+@dataclass
+class History:
+    """The training ratings, kept so that serving can exclude rated items and seed windows."""
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    ts: np.ndarray
+
+
+class Recommender:
+    """Frozen model + trained entity vectors. All indices are dense model indices."""
+
+    def __init__(self, model: AEVecModel, schema, user_ids: list[str], item_ids: list[str],
+                 user_vectors: np.ndarray, item_vectors: np.ndarray,
+                 user_features: np.ndarray, item_features: np.ndarray,
+                 history: History | None = None, model_version: str = "dev", seed: int = 0):
+        self.model = model.eval()
+        self.schema = schema
+        self.model_version = model_version
+        self.seed = seed
+        self.ids = {"user": list(user_ids), "item": list(item_ids)}
+        self.index = {side: {raw: i for i, raw in enumerate(self.ids[side])} for side in SIDES}
+        self.vectors = {"user": np.asarray(user_vectors, np.float32), "item": np.asarray(item_vectors, np.float32)}
+        self.features = {"user": np.asarray(user_features, np.float32),
+                         "item": np.asarray(item_features, np.float32)}
+        self.history = history
+        self._rated: dict[int, np.ndarray] | None = None
+
+    @property
+    def n_dim(self) -> int:
+        return self.model.config.n_dim
+
+    # ---- records -------------------------------------------------------------------------
+    def records(self, side: str, other_vectors: np.ndarray, other_features: np.ndarray,
+                ts: np.ndarray, rates: np.ndarray) -> np.ndarray:
+        """Records describing one `side` entity: one row per rating, [other vec, other data, context, rates]."""
+        context = self.schema.encode_context(np.asarray(ts))
+        rates = np.nan_to_num(np.asarray(rates, np.float32).reshape(len(context), -1))
+        return np.concatenate([other_vectors, other_features, context, rates], axis=1).astype(np.float32)
+
+    def records_from_ratings(self, side: str, other_index: np.ndarray, stars: np.ndarray,
+                             ts: np.ndarray) -> np.ndarray:
+        """Records for ratings against known entities of the other side, with their trained vectors."""
+        o = other(side)
+        other_index = np.asarray(other_index, np.int64)
+        rates = self.schema.encode_rates(np.asarray(stars, np.float32))
+        return self.records(side, self.vectors[o][other_index], self.features[o][other_index], ts, rates)
+
+    # ---- fold-in ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_in(self, side: str, record_sets: list[np.ndarray], side_data: np.ndarray,
+                entity_keys: list[int | str] | None = None, seed: int | None = None) -> np.ndarray:
+        """Vectors [B, N] for B entities from their records (one [n_b, D] array each).
+
+        side_data: [B, user_dim or item_dim] encoded side data (cold start when n_b == 0).
+        entity_keys: ints or strs (e.g. raw ids) that seed each entity's sampling (default: batch position).
+        """
+        b = len(record_sets)
+        side_data = torch.as_tensor(np.asarray(side_data, np.float32).reshape(b, -1))
+        out = self.model.cold_vectors(side, side_data)
+        records, start, count = pack_record_sets(record_sets)
+        has = count > 0
+        if bool(has.any()):
+            keys = list(range(b)) if entity_keys is None else list(entity_keys)
+            seed = self.seed if seed is None else seed
+            seeds = [entity_seed(seed, side, keys[i]) for i in torch.nonzero(has).flatten().tolist()]
+            codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
+                                    self.model.config.k_samples, seeds=seeds)
+            out[has] = codes.mean(dim=1) - self.model.offset(side)
+        return out.numpy()
+
+    def cold_vector(self, side: str, side_dict: dict) -> np.ndarray:
+        encode = self.schema.encode_user if side == "user" else self.schema.encode_item
+        data = torch.as_tensor(encode(side_dict), dtype=torch.float32).view(1, -1)
+        with torch.no_grad():
+            return self.model.cold_vectors(side, data)[0].numpy()
+
+    def vector_for_user(self, item_ids: list[str], ratings: list[float], ts: list[float],
+                        side: dict | None = None, user_id: str | None = None) -> np.ndarray:
+        """One user's vector from its recent ratings of known items (raw ids) and side data."""
+        return self._vector_for("user", item_ids, ratings, ts, side, user_id)
+
+    def vector_for_item(self, user_ids: list[str], ratings: list[float], ts: list[float],
+                        side: dict | None = None, item_id: str | None = None) -> np.ndarray:
+        return self._vector_for("item", user_ids, ratings, ts, side, item_id)
+
+    def _vector_for(self, side, other_ids, ratings, ts, side_dict, own_id) -> np.ndarray:
+        o = other(side)
+        unknown = [x for x in other_ids if str(x) not in self.index[o]]
+        if unknown:
+            raise KeyError(f"unknown {o} ids: {unknown[:5]}")
+        idx = np.array([self.index[o][str(x)] for x in other_ids], dtype=np.int64)
+        recs = self.records_from_ratings(side, idx, np.asarray(ratings, np.float32), np.asarray(ts))
+        encode = self.schema.encode_user if side == "user" else self.schema.encode_item
+        data = encode(side_dict or {}) if side_dict is not None or own_id is None else \
+            self.features[side][self.index[side][str(own_id)]]
+        key = str(own_id) if own_id is not None else 0
+        return self.fold_in(side, [recs], np.asarray(data)[None], entity_keys=[key])[0]
+
+    # ---- prediction --------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_rates(self, user_vecs, user_data, item_vecs, item_data, ts) -> np.ndarray:
+        """[B, 2]: predicted stars (on the rating scale) and thumbs-up probability."""
+        t = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+        context = self.schema.encode_context(np.asarray(ts))
+        raw = self.model.predictor(t(user_vecs), t(user_data), t(item_vecs), t(item_data), t(context))
+        stars = self.schema.decode_stars(raw[:, 0].clamp(-1, 1).numpy())
+        return np.stack([stars, torch.sigmoid(raw[:, 1]).numpy()], axis=1)
+
+    def predict(self, user: int, items: np.ndarray, ts: float | None = None,
+                user_vector: np.ndarray | None = None, user_data: np.ndarray | None = None) -> np.ndarray:
+        """Predicted stars of known items for a known user (or a folded-in vector)."""
+        items = np.atleast_1d(np.asarray(items, np.int64))
+        uv = self.vectors["user"][user] if user_vector is None else user_vector
+        ud = self.features["user"][user] if user_data is None else user_data
+        ts = np.full(len(items), _now() if ts is None else ts)
+        return self.predict_rates(np.broadcast_to(uv, (len(items), self.n_dim)),
+                                  np.broadcast_to(ud, (len(items), len(ud))),
+                                  self.vectors["item"][items], self.features["item"][items], ts)[:, 0]
+
+    def recommend(self, user_vector: np.ndarray, user_data: np.ndarray, n: int = 10,
+                  exclude: np.ndarray | set | None = None, ts: float | None = None,
+                  item_vectors: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top-n (item index, predicted stars) over the catalogue, skipping `exclude`."""
+        vectors = self.vectors["item"] if item_vectors is None else item_vectors
+        n_items = len(vectors)
+        scores = self.predict_rates(np.broadcast_to(user_vector, (n_items, self.n_dim)),
+                                    np.broadcast_to(user_data, (n_items, len(user_data))),
+                                    vectors, self.features["item"][:n_items],
+                                    np.full(n_items, _now() if ts is None else ts))[:, 0]
+        if exclude is not None and len(exclude):
+            scores[np.fromiter(exclude, dtype=np.int64)] = -np.inf
+        n = min(n, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n else np.array([], dtype=np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(i), float(scores[i])) for i in top]
+
+    def recommend_for(self, user: int, n: int = 10, exclude_rated: bool = True) -> list[tuple[int, float]]:
+        exclude = self.rated_items(user) if exclude_rated else None
+        return self.recommend(self.vectors["user"][user], self.features["user"][user], n, exclude)
+
+    def rated_items(self, user: int) -> np.ndarray:
+        if self.history is None:
+            return np.array([], dtype=np.int64)
+        if self._rated is None:
+            order = np.argsort(self.history.user, kind="stable")
+            bounds = np.searchsorted(self.history.user[order], np.arange(len(self.ids["user"]) + 1))
+            items = self.history.item[order]
+            self._rated = {u: items[bounds[u]:bounds[u + 1]] for u in range(len(self.ids["user"]))}
+        return self._rated.get(user, np.array([], dtype=np.int64))
+
+
+def entity_seed(seed: int, side: str, key: int | str) -> int:
+    """A stable 63-bit seed for one entity's sampling (str keys hashed without Python's salt)."""
+    if isinstance(key, str):
+        key = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    mix = np.random.SeedSequence([seed, SIDES.index(side), int(key) & 0xFFFFFFFFFFFFFFFF])
+    return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,55 @@
+"""The trained networks as one torch module: two record autoencoders and the predictor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stream_app.core.config import ModelConfig
+from stream_app.core.networks import DECODER_CLASSES, ENCODER_CLASSES, Predictor
+
+
+class AEVecModel(nn.Module):
+    """User-space AE (encodes a user from records of the items it rated), item-space AE (encodes
+    an item from records of its raters), the predictor, and the frozen serving constants: the
+    breathing offsets and the side-data -> vector cold-start regressions."""
+
+    def __init__(self, config: ModelConfig, user_dim: int, item_dim: int, context_dim: int, rates_dim: int):
+        super().__init__()
+        self.config = config
+        self.dims = {"user": user_dim, "item": item_dim, "context": context_dim, "rates": rates_dim}
+        n, m, h, p = config.n_dim, config.m_records, config.hidden, config.dropout
+        user_record = n + item_dim + context_dim + rates_dim
+        item_record = n + user_dim + context_dim + rates_dim
+        enc, dec = ENCODER_CLASSES[config.encoder], DECODER_CLASSES[config.encoder]
+        self.user_encoder = enc(user_record, m, h, n, p)
+        self.item_encoder = enc(item_record, m, h, n, p)
+        self.user_decoder = dec(user_record, m, h, n, p, rates_dim)
+        self.item_decoder = dec(item_record, m, h, n, p, rates_dim)
+        self.predictor = Predictor(n, user_dim, item_dim, context_dim, config.predictor_hidden, p, rates_dim)
+        self.register_buffer("user_offset", torch.zeros(n))
+        self.register_buffer("item_offset", torch.zeros(n))
+        self.register_buffer("user_cold", torch.zeros(user_dim + 1, n))
+        self.register_buffer("item_cold", torch.zeros(item_dim + 1, n))
+
+    def encoder(self, side: str) -> nn.Module:
+        return self.user_encoder if side == "user" else self.item_encoder
+
+    def decoder(self, side: str) -> nn.Module:
+        return self.user_decoder if side == "user" else self.item_decoder
+
+    def offset(self, side: str) -> torch.Tensor:
+        return self.user_offset if side == "user" else self.item_offset
+
+    def cold_vectors(self, side: str, data: torch.Tensor) -> torch.Tensor:
+        """Cold start: a ridge regression from side data to the trained vectors."""
+        weights = self.user_cold if side == "user" else self.item_cold
+        ones = torch.ones(*data.shape[:-1], 1, dtype=data.dtype)
+        return torch.cat([data, ones], dim=-1) @ weights
+
+    def fit_cold_start(self, side: str, data: torch.Tensor, vectors: torch.Tensor) -> None:
+        x = torch.cat([data, torch.ones(data.shape[0], 1)], dim=1).double()
+        penalty = self.config.cold_ridge * torch.eye(x.shape[1], dtype=torch.float64)
+        penalty[-1, -1] = 0.0  # the intercept is not shrunk
+        w = torch.linalg.solve(x.T @ x + penalty, x.T @ vectors.double()).float()
+        (self.user_cold if side == "user" else self.item_cold).copy_(w)

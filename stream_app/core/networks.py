@@ -1,0 +1,120 @@
+"""The networks: record autoencoders (fixed-M concatenation or set encoder) and the predictor.
+
+A record is one rating seen from one entity: [other side's ID vector, other side's data,
+rating data (context), rates]. An encoder maps M records of one entity to its N-dim code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, last_activation: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    if last_activation is not None:
+        layers.append(last_activation)
+    return nn.Sequential(*layers)
+
+
+class ConcatEncoder(nn.Module):
+    """The seeds' encoder: M records concatenated in a random order -> MLP -> code.
+
+    Slots beyond an entity's rating count are filled by sampling with replacement (the rule for
+    entities with fewer than M ratings), so `mask` is not used here.
+    """
+
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float):
+        super().__init__()
+        self.m = m
+        self.net = mlp([m * record_dim, hidden, hidden, n_dim], dropout, nn.Tanh())
+
+    def forward(self, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(records.flatten(-2))
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant encoder: rho(masked mean of phi(record)), plus the record count."""
+
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float):
+        super().__init__()
+        self.m = m
+        # No dropout per record: it costs more than the rest of the step on CPU, and the random
+        # subsets already regularise; dropout acts after pooling.
+        self.phi = mlp([record_dim, hidden, hidden], 0.0, nn.ReLU())
+        self.rho = nn.Sequential(nn.Dropout(dropout), mlp([hidden + 1, hidden, n_dim], 0.0, nn.Tanh()))
+
+    def embed(self, records: torch.Tensor) -> torch.Tensor:
+        return self.phi(records)
+
+    def pool(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weight = mask.to(embedded.dtype).unsqueeze(-1)
+        count = weight.sum(-2)
+        mean = (embedded * weight).sum(-2) / count.clamp(min=1.0)
+        fullness = torch.log1p(count) / math.log1p(self.m)  # lets the code know how much it saw
+        return self.rho(torch.cat([mean, fullness], dim=-1))
+
+    def forward(self, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.embed(records), mask)
+
+
+class ConcatDecoder(nn.Module):
+    """The seeds' decoder: code -> all M records (input and target are the same records)."""
+
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, rates_dim: int):
+        super().__init__()
+        self.m, self.record_dim = m, record_dim
+        self.net = mlp([n_dim, hidden, hidden, m * record_dim], dropout)
+
+    def loss(self, code: torch.Tensor, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        recon = self.net(code).view(*records.shape)
+        return ((recon - records) ** 2).mean()
+
+
+class ConditionedDecoder(nn.Module):
+    """Set-mode decoder: reconstructs each record's rates from the code and the record's key
+    (the other side's vector, its data and the context), so record order does not matter."""
+
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, rates_dim: int):
+        super().__init__()
+        self.rates_dim = rates_dim
+        key_dim = record_dim - rates_dim
+        self.net = mlp([n_dim + key_dim, hidden, rates_dim])
+
+    def loss(self, code: torch.Tensor, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        key, rates = records[..., : -self.rates_dim], records[..., -self.rates_dim :]
+        code = code.unsqueeze(-2).expand(*key.shape[:-1], code.shape[-1])
+        recon = self.net(torch.cat([code, key], dim=-1))
+        weight = mask.to(recon.dtype).unsqueeze(-1)
+        return (((recon - rates) ** 2) * weight).sum() / (weight.sum() * self.rates_dim).clamp(min=1.0)
+
+
+ENCODER_CLASSES = {"set": SetEncoder, "concat": ConcatEncoder}
+DECODER_CLASSES = {"set": ConditionedDecoder, "concat": ConcatDecoder}
+
+
+class Predictor(nn.Module):
+    """f(user vector, user data, item vector, item data, rating data) -> one output per rate.
+
+    Output 0 is the star rating scaled to [-1, 1]; output 1 the thumbs-up logit. The elementwise
+    product of the two vectors is given explicitly: MLPs learn dot-product interactions poorly.
+    """
+
+    def __init__(self, n_dim: int, user_dim: int, item_dim: int, context_dim: int, hidden: int,
+                 dropout: float, n_rates: int):
+        super().__init__()
+        in_dim = 3 * n_dim + user_dim + item_dim + context_dim
+        self.body = mlp([in_dim, hidden, hidden // 2], dropout, nn.ReLU())
+        self.heads = nn.Linear(hidden // 2, n_rates)
+
+    def forward(self, user_vec, user_data, item_vec, item_data, context) -> torch.Tensor:
+        x = torch.cat([user_vec, item_vec, user_vec * item_vec, user_data, item_data, context], dim=-1)
+        return self.heads(self.body(x))

@@ -1,0 +1,113 @@
+"""Grouping ratings per entity and sampling random M-subsets of them, vectorised in torch.
+
+Records of all entities live in one flat tensor; an entity's records are the contiguous slice
+[start, start + count) (CSR layout). Sampling draws M distinct positions per subset; an entity
+with fewer than M ratings fills the missing slots with replacement and marks them in `mask`
+(the set encoder ignores masked slots, the concat encoder sees the repeats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Groups:
+    """Rating rows grouped by entity: rows[start[e]:start[e]+count[e]] are entity e's ratings."""
+
+    rows: torch.Tensor  # long [n_ratings]
+    start: torch.Tensor  # long [n_entities]
+    count: torch.Tensor  # long [n_entities]
+    position: torch.Tensor  # long [n_ratings]: where each rating row sits inside its group
+
+    @classmethod
+    def build(cls, entity: np.ndarray, n_entities: int) -> Groups:
+        entity = np.asarray(entity, dtype=np.int64)
+        rows = np.argsort(entity, kind="stable")
+        count = np.bincount(entity, minlength=n_entities)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        position = np.empty(len(entity), dtype=np.int64)
+        position[rows] = np.arange(len(entity)) - start[entity[rows]]
+        return cls(*(torch.from_numpy(a) for a in (rows, start, count, position)))
+
+
+def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Generator,
+                     exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw k subsets of m positions for each of B entities.
+
+    count: [B] ratings per entity. exclude: [B] position to leave out (the rating being
+    predicted), or None. Returns positions [B, k, m] and mask [B, k, m] (False = filler slot).
+    """
+    b = count.shape[0]
+    available = count - (1 if exclude is not None else 0)
+    width = max(int(available.max()) if b else 0, 1)
+    keys = torch.rand(b, k, width, generator=generator)
+    slot = torch.arange(width)
+    keys = keys.masked_fill(slot >= available.view(b, 1, 1), -1.0)
+    take = min(m, width)
+    pos = keys.topk(take, dim=-1).indices  # distinct positions, valid ones first
+    if take < m:
+        pos = torch.cat([pos, pos.new_zeros(b, k, m - take)], dim=-1)
+    mask = (torch.arange(m) < available.view(b, 1, 1)).expand(b, k, m)
+    filler = (torch.rand(b, k, m, generator=generator) * available.clamp(min=1).view(b, 1, 1)).long()
+    pos = torch.where(mask, pos, filler)
+    if exclude is not None:
+        pos = pos + (pos >= exclude.view(b, 1, 1)).long()
+    return pos, mask & (available.view(b, 1, 1) > 0)
+
+
+def sample_positions_seeded(count: torch.Tensor, k: int, m: int, seeds: list[int]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like sample_positions (without exclusion), but entity b's subsets depend only on seeds[b]:
+    a vector folded in alone or inside any batch comes out the same."""
+    b = len(seeds)
+    pos = np.zeros((b, k, m), dtype=np.int64)
+    mask = np.zeros((b, k, m), dtype=bool)
+    for row, (n, seed) in enumerate(zip(count.tolist(), seeds, strict=True)):
+        if n == 0:
+            continue
+        rng = np.random.default_rng(seed)
+        take = min(n, m)
+        pos[row, :, :take] = np.argsort(rng.random((k, n)), axis=1)[:, :take]
+        if take < m:
+            pos[row, :, take:] = rng.integers(0, n, size=(k, m - take))
+        mask[row, :, :take] = True
+    return torch.from_numpy(pos), torch.from_numpy(mask)
+
+
+def encode_entities(encoder: torch.nn.Module, records: torch.Tensor, start: torch.Tensor,
+                    count: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                    exclude: torch.Tensor | None = None, seeds: list[int] | None = None) -> torch.Tensor:
+    """Codes [B, k, N] of B entities from k random M-subsets of their records.
+
+    records: flat [n_records, D]; entity b owns records[start[b]:start[b]+count[b]].
+    Sampling uses `seeds` (one per entity) when given, else `generator`.
+    """
+    if seeds is not None:
+        pos, mask = sample_positions_seeded(count, k, encoder.m, seeds)
+    else:
+        pos, mask = sample_positions(count, k, encoder.m, generator, exclude)
+    index, mask = subset_index(start, pos, records), mask.to(records.device)
+    if hasattr(encoder, "embed") and not encoder.training:
+        # Set encoder at inference: embed each record once, then pool the subsets.
+        rows, inverse = torch.unique(index, return_inverse=True)
+        return encoder.pool(encoder.embed(records[rows])[inverse], mask)
+    return encoder(records[index], mask)
+
+
+def subset_index(start: torch.Tensor, pos: torch.Tensor, records: torch.Tensor) -> torch.Tensor:
+    """Row numbers into `records` of sampled positions (sampling runs on the CPU)."""
+    index = start.cpu().view(-1, 1, 1) + pos
+    return index.clamp(max=max(records.shape[0] - 1, 0)).to(records.device)
+
+
+def pack_record_sets(sets: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten a list of per-entity record arrays [n_b, D] into (records, start, count)."""
+    count = torch.tensor([len(s) for s in sets], dtype=torch.long)
+    start = torch.cumsum(count, 0) - count
+    dim = next((s.shape[1] for s in sets if len(s)), 0)
+    flat = np.concatenate([s for s in sets if len(s)]) if int(count.sum()) else np.zeros((0, dim))
+    return torch.as_tensor(flat, dtype=torch.float32), start, count

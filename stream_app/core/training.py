@@ -1,0 +1,395 @@
+"""Offline training: alternate autoencoder (and predictor) steps with ID refinement rounds.
+
+Round r: `steps_per_round` gradient steps on the networks with the current ID tables frozen,
+then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
+the common drift of all targets ("breathing") is removed; each vector moves a `smoothing` step
+toward its corrected target. At the end the encoders are frozen and every vector is recomputed
+exactly as serving does (fold-in), so trained and served vectors agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from stream_app.core.config import ModelConfig
+from stream_app.core.foldin import SIDES, History, Recommender, other
+from stream_app.core.model import AEVecModel
+from stream_app.core.records import Groups, encode_entities, sample_positions, subset_index
+from stream_app.data.dataset import RatingData
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class RoundStats:
+    round: int
+    train_rmse: float
+    recon_loss: float
+    valid_rmse: float | None
+    convergence: dict
+    spread: dict
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the network weights."""
+
+    tables: dict  # side -> [n, N] tensor of current ID vectors
+    round: int = 0
+    history: list = field(default_factory=list)
+
+
+class TrainingData:
+    """Tensors derived once from RatingData and the feature schema."""
+
+    def __init__(self, data: RatingData, schema, device: torch.device):
+        self.data = data
+        t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        self.entity = {"user": t(data.user), "item": t(data.item)}
+        self.features = {"user": t(schema.user_matrix(data)).float(), "item": t(schema.item_matrix(data)).float()}
+        self.context = t(schema.encode_context(data.ts)).float()
+        self.rates = t(schema.encode_rates(data.rating)).float()
+        self.groups = {"user": Groups.build(data.user, data.n_users), "item": Groups.build(data.item, data.n_items)}
+        self.size = {"user": data.n_users, "item": data.n_items}
+        for g in self.groups.values():
+            g.rows = g.rows.to(device)
+        # Static part of each rating's record, seen from each side: [other data, context, rates]
+        self.static = {side: torch.cat([self.features[other(side)][self.entity[other(side)]], self.context,
+                                        self.rates], dim=1) for side in SIDES}
+
+    def records(self, side: str, tables: dict) -> torch.Tensor:
+        """Flat records of `side`'s entities in group order: [other side's vector, static part]."""
+        rows = self.groups[side].rows
+        o = other(side)
+        return torch.cat([tables[o][self.entity[o][rows]], self.static[side][rows]], dim=1)
+
+
+class Trainer:
+    def __init__(self, config: ModelConfig, schema, device: str = "auto", progress: bool = True):
+        self.config = config
+        self.schema = schema
+        self.device = resolve_device(device)
+        self.progress = progress
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.model = AEVecModel(config, schema.user_dim, schema.item_dim, schema.context_dim,
+                                schema.rates_dim).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+
+    # ---- public ---------------------------------------------------------------------------
+    def fit(self, data: RatingData, checkpoint: Path | None = None, resume: bool = False,
+            log=print) -> tuple[Recommender, dict]:
+        """Train on `data`; returns the frozen recommender and a report (per-round stats, times)."""
+        cfg = self.config
+        train_part, valid_part = self._hold_out_validation(data)
+        td = TrainingData(train_part, self.schema, self.device)
+        state = self._initial_state(td)
+        if resume and checkpoint is not None and checkpoint.exists():
+            state = self._load_checkpoint(checkpoint)
+            log(f"resumed from {checkpoint} after round {state.round}")
+        eligible = self._eligible_rows(td)
+        bar = tqdm(total=cfg.rounds * cfg.steps_per_round, initial=state.round * cfg.steps_per_round,
+                   desc="training", unit="step", disable=not self.progress, dynamic_ncols=True)
+        while state.round < cfg.rounds:
+            started = time.perf_counter()
+            records = {side: td.records(side, state.tables) for side in SIDES}
+            pred_mse, recon = self._train_round(td, records, eligible, bar)
+            convergence, spread = {}, {}
+            for side in SIDES:
+                convergence[side], spread[side] = self._refine(td, side, records[side], state.tables)
+            state.round += 1
+            stats = RoundStats(state.round, self._to_rmse(pred_mse), recon,
+                               self._valid_rmse(valid_part, state.tables), convergence, spread,
+                               time.perf_counter() - started)
+            state.history.append(stats.__dict__)
+            bar.set_postfix(train=f"{stats.train_rmse:.4f}", valid=_fmt(stats.valid_rmse))
+            log(_round_line(stats))
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, state)
+        bar.close()
+        if cfg.objective == "reconstruct":
+            self._train_predictor_on_tables(td, state.tables, log)
+        report = {"rounds": state.history}
+        recommender = self._freeze(data, train_part, valid_part, state, report, log)
+        return recommender, report
+
+    # ---- one round of network training --------------------------------------------------------
+    def _train_round(self, td: TrainingData, records: dict, eligible: torch.Tensor, bar) -> tuple[float, float]:
+        self.model.train()
+        pred_sum = recon_sum = 0.0
+        for _ in range(self.config.steps_per_round):
+            if self.config.objective == "joint":
+                pred_loss, recon_loss = self._joint_step(td, records, eligible)
+            else:
+                pred_loss, recon_loss = torch.tensor(float("nan")), self._reconstruction_step(td, records)
+            pred_sum += float(pred_loss)
+            recon_sum += float(recon_loss)
+            bar.update(1)
+        steps = self.config.steps_per_round
+        return pred_sum / steps, recon_sum / steps
+
+    def _joint_step(self, td: TrainingData, records: dict, eligible: torch.Tensor):
+        cfg = self.config
+        pick = torch.randint(len(eligible), (cfg.batch_size,), generator=self.generator)
+        rows = eligible[pick].to(self.device)
+        vectors, recon = {}, 0.0
+        for side in SIDES:
+            entity = td.entity[side][rows]
+            codes, subset, mask = self._encode_subsets(td, side, records[side], entity, rows)
+            recon = recon + self.model.decoder(side).loss(codes, subset, mask)
+            vectors[side] = codes.mean(dim=1) - self.model.offset(side)
+        out = self.model.predictor(vectors["user"], td.features["user"][td.entity["user"][rows]],
+                                   vectors["item"], td.features["item"][td.entity["item"][rows]],
+                                   td.context[rows])
+        pred = self._prediction_loss(out, td.rates[rows])
+        loss = pred + cfg.recon_weight * recon
+        self._step(loss)
+        return F.mse_loss(out[:, 0].detach(), td.rates[rows, 0]), recon.detach()
+
+    def _reconstruction_step(self, td: TrainingData, records: dict) -> torch.Tensor:
+        """The seeds' AE step: reconstruct M records of random entities (no prediction loss)."""
+        loss = 0.0
+        for side in SIDES:
+            has = torch.nonzero(td.groups[side].count > 0).flatten()
+            entity = has[torch.randint(len(has), (self.config.batch_size,), generator=self.generator)]
+            codes, subset, mask = self._encode_subsets(td, side, records[side], entity.to(self.device), None)
+            loss = loss + self.model.decoder(side).loss(codes, subset, mask)
+        self._step(loss)
+        return loss.detach()
+
+    def _encode_subsets(self, td, side, records, entity, rows):
+        """Codes [B, train_k, N] of sampled subsets, leaving out the rating being predicted."""
+        g = td.groups[side]
+        entity_cpu = entity.cpu()
+        exclude = g.position[rows.cpu()] if rows is not None else None
+        pos, mask = sample_positions(g.count[entity_cpu], self.config.train_k, self.config.m_records,
+                                     self.generator, exclude)
+        subset = records[subset_index(g.start[entity_cpu], pos, records)]
+        mask = mask.to(self.device)
+        return self.model.encoder(side)(subset, mask), subset, mask
+
+    def _prediction_loss(self, out: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+        stars = F.mse_loss(out[:, 0], rates[:, 0])
+        thumbs = F.binary_cross_entropy_with_logits(out[:, 1], rates[:, 1])
+        return stars + self.config.thumbs_weight * thumbs
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.optimizer.step()
+
+    # ---- ID refinement ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _refine(self, td: TrainingData, side: str, records: torch.Tensor, tables: dict) -> tuple[float, float]:
+        """Move every vector toward the mean of K codes, minus the common drift (breathing).
+
+        Returns (convergence = mean move / mean norm, spread = mean per-dimension std)."""
+        self.model.eval()
+        targets, has = self._targets(td, side, records)
+        table = tables[side]
+        drift = (targets[has] - table[has]).mean(dim=0) if self.config.breathing else torch.zeros_like(table[0])
+        step = targets[has] - drift - table[has]
+        table[has] += self.config.smoothing * step
+        self.model.offset(side).copy_(drift)
+        self.model.train()
+        convergence = float(step.norm(dim=1).mean() / table[has].norm(dim=1).mean().clamp(min=1e-8))
+        return convergence, float(table[has].std(dim=0).mean())
+
+    def _targets(self, td: TrainingData, side: str, records: torch.Tensor, chunk_records: int = 2_000_000):
+        """Mean of K codes for every entity with ratings (entities sorted by count for tight padding)."""
+        g = td.groups[side]
+        has = g.count > 0
+        targets = torch.zeros(td.size[side], self.config.n_dim, device=self.device)
+        order = torch.nonzero(has).flatten()
+        order = order[torch.argsort(g.count[order])]
+        k = self.config.k_samples
+        i = 0
+        while i < len(order):
+            width = int(g.count[order[min(len(order) - 1, i)]])
+            size = max(1, chunk_records // (k * max(width, self.config.m_records)))
+            chunk = order[i:i + size]
+            width = int(g.count[chunk].max())
+            size = max(1, chunk_records // (k * max(width, self.config.m_records)))
+            chunk = order[i:i + size]
+            codes = encode_entities(self.model.encoder(side), records, g.start[chunk], g.count[chunk], k,
+                                    self.generator)
+            targets[chunk.to(self.device)] = codes.mean(dim=1)
+            i += len(chunk)
+        return targets, has.to(self.device)
+
+    # ---- the seeds' recipe: predictor after refinement -------------------------------------------
+    def _train_predictor_on_tables(self, td: TrainingData, tables: dict, log) -> None:
+        cfg = self.config
+        optimizer = torch.optim.AdamW(self.model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model.train()
+        n = len(td.rates)
+        for epoch in tqdm(range(cfg.predictor_epochs), desc="predictor", disable=not self.progress):
+            perm = torch.randperm(n, generator=self.generator).to(self.device)
+            total = 0.0
+            for chunk in perm.split(cfg.batch_size):
+                u, i = td.entity["user"][chunk], td.entity["item"][chunk]
+                out = self.model.predictor(tables["user"][u], td.features["user"][u], tables["item"][i],
+                                           td.features["item"][i], td.context[chunk])
+                loss = self._prediction_loss(out, td.rates[chunk])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(F.mse_loss(out[:, 0].detach(), td.rates[chunk, 0])) * len(chunk)
+            log(f"predictor epoch {epoch + 1}: train rmse {self._to_rmse(total / n):.4f}")
+
+    # ---- freezing: the served vectors ------------------------------------------------------------
+    def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
+                state: TrainState, report: dict, log) -> Recommender:
+        """Recompute every vector with the frozen encoders as serving does, fit cold start."""
+        self.model.eval()
+        cpu_model = self.model.cpu()
+        tables = {s: t.cpu() for s, t in state.tables.items()}
+        td = TrainingData(train_part, self.schema, torch.device("cpu"))
+        rec = Recommender(cpu_model, self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
+                          tables["item"].numpy(), td.features["user"].numpy(), td.features["item"].numpy(),
+                          seed=self.config.seed)
+        self._fold_in_all(rec, train_part)
+        if valid_part is not None and len(valid_part):
+            rmse = rmse_of(rec, valid_part)
+            report["valid_rmse_frozen"] = rmse
+            log(f"validation rmse with frozen fold-in vectors: {rmse:.4f}")
+        self._fold_in_all(rec, data)  # absorb the held-out validation ratings too (no training)
+        rec.history = History(data.user, data.item, data.rating, data.ts)
+        self.model.to(self.device)
+        return rec
+
+    def _fold_in_all(self, rec: Recommender, data: RatingData) -> None:
+        has_ratings = {}
+        for side in SIDES:
+            vectors, has = fold_in_dataset(rec, data, side)
+            rec.vectors[side] = vectors
+            has_ratings[side] = has
+        for side in SIDES:  # cold start: fit on entities with ratings, apply to the others
+            has = has_ratings[side]
+            if has.any():
+                rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
+                                         torch.from_numpy(rec.vectors[side][has]))
+            if (~has).any():
+                cold = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side][~has]))
+                rec.vectors[side][~has] = cold.detach().numpy()
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _hold_out_validation(self, data: RatingData) -> tuple[RatingData, RatingData | None]:
+        frac = self.config.valid_fraction
+        if frac <= 0:
+            return data, None
+        rng = np.random.default_rng(self.config.seed + 1)
+        is_valid = rng.random(len(data)) < frac
+        return data.subset(~is_valid, name=data.name + ":train"), data.subset(is_valid, name=data.name + ":valid")
+
+    def _initial_state(self, td: TrainingData) -> TrainState:
+        s = self.config.init_scale
+        tables = {side: (torch.rand(td.size[side], self.config.n_dim, generator=self.generator) * 2 - 1) * s
+                  for side in SIDES}
+        return TrainState({k: v.to(self.device) for k, v in tables.items()})
+
+    @staticmethod
+    def _eligible_rows(td: TrainingData) -> torch.Tensor:
+        """Ratings whose user and item both have another rating to encode them from."""
+        ok = torch.ones(len(td.rates), dtype=torch.bool)
+        for side in SIDES:
+            ok &= (td.groups[side].count[td.entity[side].cpu()] >= 2)
+        return torch.nonzero(ok).flatten()
+
+    @torch.no_grad()
+    def _valid_rmse(self, valid: RatingData | None, tables: dict) -> float | None:
+        if valid is None or not len(valid):
+            return None
+        self.model.eval()
+        u = torch.as_tensor(valid.user, device=self.device)
+        i = torch.as_tensor(valid.item, device=self.device)
+        feats = {s: torch.as_tensor(self.schema.user_matrix(valid) if s == "user" else
+                                    self.schema.item_matrix(valid), device=self.device).float() for s in SIDES}
+        ctx = torch.as_tensor(self.schema.encode_context(valid.ts), device=self.device).float()
+        out = self.model.predictor(tables["user"][u], feats["user"][u], tables["item"][i], feats["item"][i], ctx)
+        stars = self.schema.decode_stars(out[:, 0].clamp(-1, 1).cpu().numpy())
+        self.model.train()
+        return float(np.sqrt(np.mean((stars - valid.rating) ** 2)))
+
+    def _to_rmse(self, scaled_mse: float) -> float:
+        lo, hi = self.schema.rating_scale
+        return math.sqrt(max(scaled_mse, 0.0)) * (hi - lo) / 2 if not math.isnan(scaled_mse) else float("nan")
+
+    def _save_checkpoint(self, path: Path, state: TrainState) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "tables": state.tables, "round": state.round, "history": state.history,
+                    "generator": self.generator.get_state(), "config": self.config.to_dict()}, tmp)
+        tmp.replace(path)
+
+    def _load_checkpoint(self, path: Path) -> TrainState:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)  # no code execution
+        if ckpt["config"] != self.config.to_dict():
+            raise ValueError(f"checkpoint {path} was made with another config; drop --resume or use it")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"])
+        return TrainState(ckpt["tables"], ckpt["round"], ckpt["history"])
+
+
+def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Fold in every `side` entity of `data` from all its ratings. Returns (vectors, has_ratings)."""
+    entity = data.user if side == "user" else data.item
+    other_entity = data.item if side == "user" else data.user
+    n = len(rec.ids[side])
+    order = np.argsort(entity, kind="stable")
+    bounds = np.searchsorted(entity[order], np.arange(n + 1))
+    vectors = rec.vectors[side].copy()
+    has = bounds[1:] > bounds[:-1]
+    ids = np.nonzero(has)[0]
+    for chunk in np.array_split(ids, max(1, math.ceil(len(ids) / batch))):
+        sets = []
+        for e in chunk:
+            rows = order[bounds[e]:bounds[e + 1]]
+            sets.append(rec.records_from_ratings(side, other_entity[rows], data.rating[rows], data.ts[rows]))
+        keys = [rec.ids[side][e] for e in chunk]
+        vectors[chunk] = rec.fold_in(side, sets, rec.features[side][chunk], entity_keys=keys)
+    return vectors, has
+
+
+def rmse_of(rec: Recommender, data: RatingData) -> float:
+    pred = predict_dataset(rec, data)
+    return float(np.sqrt(np.mean((pred - data.rating) ** 2)))
+
+
+def predict_dataset(rec: Recommender, data: RatingData, batch: int = 65536) -> np.ndarray:
+    out = np.empty(len(data), dtype=np.float32)
+    for s in range(0, len(data), batch):
+        u, i = data.user[s:s + batch], data.item[s:s + batch]
+        out[s:s + batch] = rec.predict_rates(rec.vectors["user"][u], rec.features["user"][u],
+                                             rec.vectors["item"][i], rec.features["item"][i],
+                                             data.ts[s:s + batch])[:, 0]
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _round_line(s: RoundStats) -> str:
+    return (f"round {s.round:3d}  train rmse {s.train_rmse:.4f}  valid rmse {_fmt(s.valid_rmse)}  "
+            f"recon {s.recon_loss:.4f}  conv u/i {s.convergence['user']:.3f}/{s.convergence['item']:.3f}  "
+            f"spread u/i {s.spread['user']:.3f}/{s.spread['item']:.3f}  {s.seconds:.1f}s")

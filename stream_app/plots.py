@@ -1,0 +1,58 @@
+"""PNG plots people look at instead of reading numbers (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training(report: dict, out: str | Path, title: str = "") -> Path:
+    """Train/validation RMSE and reconstruction loss per round, plus convergence and spread."""
+    rounds = report.get("rounds", [])
+    x = [r["round"] for r in rounds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(x, [r["train_rmse"] for r in rounds], label="train RMSE")
+    if any(r["valid_rmse"] is not None for r in rounds):
+        ax1.plot(x, [r["valid_rmse"] for r in rounds], label="validation RMSE")
+    if "test" in report:
+        ax1.axhline(report["test"]["rmse"], color="k", ls=":", label=f"test RMSE {report['test']['rmse']:.4f}")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("RMSE (stars)")
+    recon = ax1.twinx()
+    recon.plot(x, [r["recon_loss"] for r in rounds], color="tab:gray", alpha=0.5, label="reconstruction")
+    recon.set_ylabel("reconstruction loss")
+    ax1.legend(loc="upper right")
+    for side, style in (("user", "-"), ("item", "--")):
+        ax2.plot(x, [r["convergence"][side] for r in rounds], style, color="tab:blue", label=f"{side} move/norm")
+        ax2.plot(x, [r["spread"][side] for r in rounds], style, color="tab:orange", label=f"{side} spread")
+    ax2.set_xlabel("round")
+    ax2.set_title("ID refinement: convergence and spread")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str,
+               title: str = "", logx: bool = False) -> Path:
+    """One line per system: series[name] = (xs, ys)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
