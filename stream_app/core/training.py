@@ -91,6 +91,10 @@ class Trainer:
                                 schema.rates_dim).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
+        total = max(1, config.rounds * config.steps_per_round)
+        # Cosine decay to 10%: late rounds refine IDs against slowly changing encoders.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total)))
 
     # ---- public ---------------------------------------------------------------------------
     def fit(self, data: RatingData, checkpoint: Path | None = None, resume: bool = False,
@@ -194,6 +198,7 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.optimizer.step()
+        self.schedule.step()
 
     # ---- ID refinement ----------------------------------------------------------------------
     @torch.no_grad()
@@ -336,6 +341,7 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
                     "tables": state.tables, "round": state.round, "history": state.history,
                     "generator": self.generator.get_state(), "config": self.config.to_dict()}, tmp)
         tmp.replace(path)
@@ -346,6 +352,7 @@ class Trainer:
             raise ValueError(f"checkpoint {path} was made with another config; drop --resume or use it")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
         self.generator.set_state(ckpt["generator"])
         return TrainState(ckpt["tables"], ckpt["round"], ckpt["history"])
 
