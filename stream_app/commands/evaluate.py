@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from stream_app.commands.train import add_config_flags, config_from_args
+from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
 from stream_app.settings import add_setting_flags, settings_from_args
 
 PROTOCOLS = ("warm", "foldin-users", "foldin-items")
@@ -17,8 +17,7 @@ def register(sub):
     p.add_argument("--protocol", default="warm", choices=PROTOCOLS)
     p.add_argument("--artifact", default=None,
                    help="warm: the artifact folder (default: ARTIFACTS_DIR/current)")
-    p.add_argument("--data", default="ml-100k")
-    p.add_argument("--split", default=None)
+    add_data_flags(p)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="fold-in protocols: plot RMSE vs k here")
     p.add_argument("--ks", default="1,3,5,10,20", help="fold-in protocols: revealed ratings per entity")
@@ -29,10 +28,8 @@ def register(sub):
 
 
 def run(args) -> int:
-    from stream_app.data.registry import load_split
-
     settings = settings_from_args(args)
-    split = load_split(args.data, args.split, settings, seed=settings.seed)
+    split = load_split_for(args, settings)
     if args.protocol == "warm":
         result = _warm(args, settings, split)
     else:

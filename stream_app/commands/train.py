@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import fields
 from pathlib import Path
 
-from stream_app.core.config import ENCODERS, OBJECTIVES, ModelConfig
+from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
 from stream_app.settings import add_setting_flags, settings_from_args
 
 
 def register(sub):
     p = sub.add_parser("train", help="train a model and write an artifact folder")
-    p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, synthetic")
-    p.add_argument("--split", default=None, help="ml-100k: u1..u5, ua, ub (default u1); others: random, none")
+    add_data_flags(p)
     p.add_argument("--out", default=None, help="artifact folder (default ARTIFACTS_DIR/<data>-<split>-<time>)")
     p.add_argument("--config", default=None, help="JSON file of model hyperparameters (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
@@ -23,60 +21,21 @@ def register(sub):
     p.add_argument("--no-promote", dest="promote", action="store_false",
                    help="do not point ARTIFACTS_DIR/current at the new model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--synthetic-users", type=int, default=600, help="synthetic data: number of users")
-    p.add_argument("--synthetic-items", type=int, default=400, help="synthetic data: number of items")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
     p.set_defaults(func=run)
 
 
-def add_config_flags(parser) -> None:
-    group = parser.add_argument_group("model hyperparameters (see stream_app/core/config.py)")
-    for f in fields(ModelConfig):
-        if f.name == "seed":
-            continue  # the settings' --seed
-        flag = "--" + f.name.replace("_", "-")
-        kind = type(f.default)
-        if kind is bool:
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=_parse_bool, default=None, metavar="BOOL")
-        else:
-            choices = {"encoder": ENCODERS, "objective": OBJECTIVES}.get(f.name)
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=kind, default=None, choices=choices)
-
-
-def config_from_args(args) -> ModelConfig:
-    base = ModelConfig.from_file(args.config).to_dict() if args.config else ModelConfig().to_dict()
-    for name in base:
-        value = getattr(args, f"cfg_{name}", None)
-        if value is not None:
-            base[name] = value
-    if getattr(args, "seed", None) is not None:
-        base["seed"] = args.seed
-    return ModelConfig.from_dict(base)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
 def run(args) -> int:
-    import torch
-
     from stream_app.core.artifacts import save_artifact, set_current
     from stream_app.core.training import Trainer, predict_dataset
     from stream_app.data.features import FeatureSchema
-    from stream_app.data.registry import load_split
     from stream_app.evaluation import rating_metrics
     from stream_app.plots import plot_training
 
     settings = settings_from_args(args)
     config = config_from_args(args)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    split = load_split_for(args, settings, load_split)
+    split = load_split_for(args, settings)
     out = Path(args.out or Path(settings.artifacts_dir) / f"{args.data}-{split.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     checkpoint = out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
     print(f"training on {args.data} ({split.name}): {len(split.train)} ratings, "
@@ -100,15 +59,3 @@ def run(args) -> int:
     print(f"artifact written to {out} (trained in {report['train_seconds']:.0f} s); loss curves in "
           f"{out / 'loss_curves.png'}")
     return 0
-
-
-def load_split_for(args, settings, load_split):
-    if args.data == "synthetic":
-        from stream_app.data.dataset import random_split
-        from stream_app.data.registry import load_dataset
-
-        data = load_dataset("synthetic", n_users=args.synthetic_users, n_items=args.synthetic_items,
-                            seed=settings.seed)
-        return random_split(data, 0.1, settings.seed) if args.split != "none" else load_split(
-            "synthetic", "none", settings, data=data)
-    return load_split(args.data, args.split, settings, seed=settings.seed)

@@ -34,6 +34,7 @@ class ModelConfig:
     recon_weight: float = 0.5  # weight of the AE reconstruction loss in the joint objective
     thumbs_weight: float = 0.2  # weight of the thumbs up/down head
     train_k: int = 2  # codes averaged per entity for one training example (K at serve time)
+    calibrate_weight: float = 1.0  # loss on served-like (K-code mean, leave-one-out) vectors
     predictor_epochs: int = 8  # "reconstruct" objective: predictor epochs after refinement
     # ID refinement
     smoothing: float = 0.5  # step toward the breathing-corrected target, 1 = jump

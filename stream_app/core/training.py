@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from stream_app.core.config import ModelConfig
 from stream_app.core.foldin import SIDES, History, Recommender, other
 from stream_app.core.model import AEVecModel
-from stream_app.core.records import Groups, encode_entities, sample_positions, subset_index
+from stream_app.core.records import Groups, sample_positions, subset_index
 from stream_app.data.dataset import RatingData
 
 
@@ -87,6 +87,7 @@ class Trainer:
         self.progress = progress
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.loo: dict[str, torch.Tensor] = {}  # side -> leave-one-out vector of each training rating
         self.model = AEVecModel(config, schema.user_dim, schema.item_dim, schema.context_dim,
                                 schema.rates_dim).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
@@ -116,7 +117,7 @@ class Trainer:
             pred_mse, recon = self._train_round(td, records, eligible, bar)
             convergence, spread = {}, {}
             for side in SIDES:
-                convergence[side], spread[side] = self._refine(td, side, records[side], state.tables)
+                convergence[side], spread[side] = self._refine(td, side, records[side], state.tables, self.loo)
             state.round += 1
             stats = RoundStats(state.round, self._to_rmse(pred_mse), recon,
                                self._valid_rmse(valid_part, state.tables), convergence, spread,
@@ -162,9 +163,18 @@ class Trainer:
                                    vectors["item"], td.features["item"][td.entity["item"][rows]],
                                    td.context[rows])
         pred = self._prediction_loss(out, td.rates[rows])
+        if self.loo and cfg.calibrate_weight > 0:
+            # Also fit the predictor to served-like vectors (K-code means, leave-one-out).
+            rows = eligible[torch.randint(len(eligible), (cfg.batch_size,), generator=self.generator)].to(self.device)
+            pred = pred + cfg.calibrate_weight * self._prediction_loss(self._predict_loo(td, rows), td.rates[rows])
         loss = pred + cfg.recon_weight * recon
         self._step(loss)
         return F.mse_loss(out[:, 0].detach(), td.rates[rows, 0]), recon.detach()
+
+    def _predict_loo(self, td: TrainingData, rows: torch.Tensor) -> torch.Tensor:
+        u, i = td.entity["user"][rows], td.entity["item"][rows]
+        return self.model.predictor(self.loo["user"][rows], td.features["user"][u], self.loo["item"][rows],
+                                    td.features["item"][i], td.context[rows])
 
     def _reconstruction_step(self, td: TrainingData, records: dict) -> torch.Tensor:
         """The seeds' AE step: reconstruct M records of random entities (no prediction loss)."""
@@ -202,45 +212,72 @@ class Trainer:
 
     # ---- ID refinement ----------------------------------------------------------------------
     @torch.no_grad()
-    def _refine(self, td: TrainingData, side: str, records: torch.Tensor, tables: dict) -> tuple[float, float]:
+    def _refine(self, td: TrainingData, side: str, records: torch.Tensor, tables: dict,
+                loo: dict) -> tuple[float, float]:
         """Move every vector toward the mean of K codes, minus the common drift (breathing).
 
+        Also stores in loo[side] each training rating's leave-one-out vector: the mean of the
+        codes of the subsets that did not contain it, as serving would see without that rating.
         Returns (convergence = mean move / mean norm, spread = mean per-dimension std)."""
         self.model.eval()
-        targets, has = self._targets(td, side, records)
+        targets, has, loo_targets = self._targets(td, side, records)
         table = tables[side]
         drift = (targets[has] - table[has]).mean(dim=0) if self.config.breathing else torch.zeros_like(table[0])
         step = targets[has] - drift - table[has]
         table[has] += self.config.smoothing * step
         self.model.offset(side).copy_(drift)
+        loo[side] = loo_targets - drift
         self.model.train()
         convergence = float(step.norm(dim=1).mean() / table[has].norm(dim=1).mean().clamp(min=1e-8))
         return convergence, float(table[has].std(dim=0).mean())
 
-    def _targets(self, td: TrainingData, side: str, records: torch.Tensor, chunk_records: int = 2_000_000):
-        """Mean of K codes for every entity with ratings (entities sorted by count for tight padding)."""
-        g = td.groups[side]
-        has = g.count > 0
-        targets = torch.zeros(td.size[side], self.config.n_dim, device=self.device)
-        order = torch.nonzero(has).flatten()
+    def _targets(self, td: TrainingData, side: str, records: torch.Tensor, budget: int = 2_000_000):
+        """Mean of K codes for every entity with ratings, and per rating row the mean of the codes
+        whose subsets left it out. Entities are sorted by count so chunks pad tightly."""
+        g, cfg = td.groups[side], self.config
+        n_dim, k = cfg.n_dim, cfg.k_samples
+        targets = torch.zeros(td.size[side], n_dim, device=self.device)
+        code_sum_with = torch.zeros(len(td.rates), n_dim, device=self.device)  # by group position
+        times_used = torch.zeros(len(td.rates), device=self.device)
+        order = torch.nonzero(g.count > 0).flatten()
         order = order[torch.argsort(g.count[order])]
-        k = self.config.k_samples
         i = 0
         while i < len(order):
-            width = int(g.count[order[min(len(order) - 1, i)]])
-            size = max(1, chunk_records // (k * max(width, self.config.m_records)))
+            widest = int(g.count[order[min(len(order), i + 1) - 1:]].max())
+            size = max(1, budget // (k * max(widest, cfg.m_records)))
             chunk = order[i:i + size]
-            width = int(g.count[chunk].max())
-            size = max(1, chunk_records // (k * max(width, self.config.m_records)))
-            chunk = order[i:i + size]
-            codes = encode_entities(self.model.encoder(side), records, g.start[chunk], g.count[chunk], k,
-                                    self.generator)
+            pos, mask = sample_positions(g.count[chunk], k, cfg.m_records, self.generator)
+            index = subset_index(g.start[chunk], pos, records)
+            mask = mask.to(self.device)
+            codes = self._encode_index(side, records, index, mask)  # [B, k, N]
             targets[chunk.to(self.device)] = codes.mean(dim=1)
+            used = index[mask]  # each valid slot once: positions in a subset are distinct
+            code_per_slot = codes.unsqueeze(2).expand(-1, -1, index.shape[2], -1)[mask]
+            code_sum_with.index_add_(0, used, code_per_slot)
+            times_used.index_add_(0, used, torch.ones_like(used, dtype=times_used.dtype))
             i += len(chunk)
-        return targets, has.to(self.device)
+        # back from group order to rating rows
+        entity = td.entity[side]
+        rows = g.rows
+        total = targets[entity[rows]] * k
+        left_out = (k - times_used).clamp(min=1).unsqueeze(1)
+        loo_by_position = torch.where((times_used < k).unsqueeze(1), (total - code_sum_with) / left_out,
+                                      targets[entity[rows]])
+        loo = torch.empty_like(loo_by_position)
+        loo[rows] = loo_by_position
+        return targets, (g.count > 0).to(self.device), loo
+
+    def _encode_index(self, side: str, records: torch.Tensor, index: torch.Tensor, mask: torch.Tensor):
+        encoder = self.model.encoder(side)
+        if hasattr(encoder, "embed"):  # set encoder: embed each record once
+            rows, inverse = torch.unique(index, return_inverse=True)
+            return encoder.pool(encoder.embed(records[rows])[inverse], mask)
+        return encoder(records[index], mask)
 
     # ---- the seeds' recipe: predictor after refinement -------------------------------------------
     def _train_predictor_on_tables(self, td: TrainingData, tables: dict, log) -> None:
+        """Fit the predictor to the refined vectors; each rating sees its leave-one-out vectors, so
+        the target rating never leaks into the vectors that predict it."""
         cfg = self.config
         optimizer = torch.optim.AdamW(self.model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model.train()
@@ -249,9 +286,7 @@ class Trainer:
             perm = torch.randperm(n, generator=self.generator).to(self.device)
             total = 0.0
             for chunk in perm.split(cfg.batch_size):
-                u, i = td.entity["user"][chunk], td.entity["item"][chunk]
-                out = self.model.predictor(tables["user"][u], td.features["user"][u], tables["item"][i],
-                                           td.features["item"][i], td.context[chunk])
+                out = self._predict_loo(td, chunk)
                 loss = self._prediction_loss(out, td.rates[chunk])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
