@@ -147,14 +147,16 @@ class Recommender:
 
     def recommend(self, user_vector: np.ndarray, user_data: np.ndarray, n: int = 10,
                   exclude: np.ndarray | set | None = None, ts: float | None = None,
-                  item_vectors: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """Top-n (item index, predicted stars) over the catalogue, skipping `exclude`."""
+                  item_vectors: np.ndarray | None = None,
+                  item_features: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top-n (item row, predicted stars) over the items (default: the trained ones; a server
+        passes its live catalogue's arrays), skipping the rows in `exclude`."""
         vectors = self.vectors["item"] if item_vectors is None else item_vectors
+        features = self.features["item"] if item_features is None else item_features
         n_items = len(vectors)
         scores = self.predict_rates(np.broadcast_to(user_vector, (n_items, self.n_dim)),
                                     np.broadcast_to(user_data, (n_items, len(user_data))),
-                                    vectors, self.features["item"][:n_items],
-                                    np.full(n_items, _now() if ts is None else ts))[:, 0]
+                                    vectors, features, np.full(n_items, _now() if ts is None else ts))[:, 0]
         if exclude is not None and len(exclude):
             scores[np.fromiter(exclude, dtype=np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
