@@ -1,5 +1,7 @@
-"""`recsys` entry point. Each subcommand lives in stream_app/commands/<name>.py and exposes
-`register(subparsers)`, which adds its parser and sets `func(args) -> int | None`."""
+"""recsys: a recommender whose ID vectors come from frozen autoencoders, served on Kafka.
+
+Each subcommand lives in stream_app/commands/<name>.py and exposes `register(subparsers)`,
+which adds its parser and sets `func(args) -> int | None`."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0].split(": ", 1)[1])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
