@@ -165,8 +165,8 @@ class Trainer:
         pred = self._prediction_loss(out, td.rates[rows])
         if self.loo and cfg.calibrate_weight > 0:
             # Also fit the predictor to served-like vectors (K-code means, leave-one-out).
-            rows = eligible[torch.randint(len(eligible), (cfg.batch_size,), generator=self.generator)].to(self.device)
-            pred = pred + cfg.calibrate_weight * self._prediction_loss(self._predict_loo(td, rows), td.rates[rows])
+            more = eligible[torch.randint(len(eligible), (cfg.batch_size,), generator=self.generator)].to(self.device)
+            pred = pred + cfg.calibrate_weight * self._prediction_loss(self._predict_loo(td, more), td.rates[more])
         loss = pred + cfg.recon_weight * recon
         self._step(loss)
         return F.mse_loss(out[:, 0].detach(), td.rates[rows, 0]), recon.detach()
