@@ -1,0 +1,232 @@
+"""The serving logic of the stream, without Kafka: bootstrap, batched fold-in, recommendations.
+
+`FoldInService` wraps a frozen `Recommender` and a live item `Catalogue` (every item the worker can
+recommend, with its current vector and encoded side data). Entity state lives in plain dicts (see
+state.py) that the Faust app keeps in its tables; this class reads them and computes vectors:
+
+- `bootstrap_state(side, id)`: the state of an id known to the artifact that is not in the table yet:
+  its last `window` training ratings (by time) and its trained vector, so its first streamed rating
+  adds to its history instead of replacing it.
+- `fold_in_users(states)` / `fold_in_items(states)`: ONE `Recommender.fold_in` call per side for a
+  whole batch of entities; an empty window gives the cold-start vector from side data.
+- `recommend_many(queries)`: top-N over the catalogue, excluding items the user rated (window and
+  training history), scored in as few predictor calls as memory allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_app.core.catalogue import Catalogue
+from stream_app.core.foldin import Recommender
+from stream_app.stream.state import State, new_state, rated_ids, rounded, set_vector, window_columns
+
+ROWS_PER_PREDICT = 262_144  # (user, item) pairs scored per predictor call
+
+
+@dataclass
+class Query:
+    """One top-N question: a user (state None = nothing stored for it yet), n, and the scoring time."""
+
+    user_id: str
+    state: State | None
+    n: int
+    ts: float
+
+
+class FoldInService:
+    def __init__(self, recommender: Recommender, window_user: int = 64, window_item: int = 64):
+        self.rec = recommender
+        self.schema = recommender.schema
+        self.model_version = recommender.model_version
+        self.window = {"user": int(window_user), "item": int(window_item)}
+        self.catalogue = Catalogue(recommender.ids["item"], recommender.vectors["item"],
+                                   recommender.features["item"])
+        self._empty_features = {"user": self.schema.encode_user({}), "item": self.schema.encode_item({})}
+        self._empty_cold = {side: recommender.cold_vector(side, {}) for side in ("user", "item")}
+        self._history_groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def from_settings(cls, recommender: Recommender, settings) -> FoldInService:
+        return cls(recommender, settings.window_user, settings.window_item)
+
+    @property
+    def n_dim(self) -> int:
+        return self.rec.n_dim
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def is_known(self, side: str, entity_id: str) -> bool:
+        return entity_id in self.rec.index[side]
+
+    def bootstrap_state(self, side: str, entity_id: str) -> State | None:
+        """Initial state of an id known to the artifact (None for an id it does not know)."""
+        index = self.rec.index[side].get(entity_id)
+        if index is None:
+            return None
+        h = self.rec.history
+        state = new_state()
+        rows = self._history_rows(side, index) if h is not None else np.array([], dtype=np.int64)
+        last = rows[-self.window[side]:] if len(rows) else rows
+        rates = self.schema.encode_rates(h.rating[last]) if len(last) else np.zeros((0, 2), np.float32)
+        if side == "user":
+            others = h.item[last] if len(last) else []
+            ids = self.rec.ids["item"]
+            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t)]
+                               for o, r, t in zip(others, rates, h.ts[last], strict=True)]
+        else:
+            others = h.user[last] if len(last) else []
+            ids, vecs, feats = self.rec.ids["user"], self.rec.vectors["user"], self.rec.features["user"]
+            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), rounded(vecs[o]), rounded(feats[o])]
+                               for o, r, t in zip(others, rates, h.ts[last], strict=True)]
+        state["n_ratings"] = int(len(rows))
+        set_vector(state, self.rec.vectors[side][index], self.model_version)
+        return state
+
+    def initial_state(self, side: str, entity_id: str) -> State:
+        """The bootstrapped state of a known id, or a fresh one."""
+        return self.bootstrap_state(side, entity_id) or new_state()
+
+    def _history_rows(self, side: str, index: int) -> np.ndarray:
+        """Training-history rows of one entity, in time order."""
+        if side not in self._history_groups:
+            h = self.rec.history
+            entity = h.user if side == "user" else h.item
+            order = np.lexsort((h.ts, entity))
+            bounds = np.searchsorted(entity[order], np.arange(len(self.rec.ids[side]) + 1))
+            self._history_groups[side] = (order, bounds)
+        order, bounds = self._history_groups[side]
+        return order[bounds[index]:bounds[index + 1]]
+
+    def features(self, side: str, entity_id: str, state: State | None) -> np.ndarray:
+        """Encoded side data: from the state's side data if any, else the trained (or catalogue) row."""
+        if state is not None and state.get("side"):
+            encode = self.schema.encode_user if side == "user" else self.schema.encode_item
+            return encode(state["side"])
+        if side == "item":
+            row = self.catalogue.index_of(entity_id)
+            return self.catalogue.features[row] if row is not None else self._empty_features["item"]
+        index = self.rec.index["user"].get(entity_id)
+        return self.rec.features["user"][index] if index is not None else self._empty_features["user"]
+
+    # ---------------------------------------------------------------------------------------- fold-in
+
+    def fold_in_users(self, states: dict[str, State]) -> dict[str, np.ndarray]:
+        """New vectors of users from their windows (item vectors/features read from the catalogue now)."""
+        ids = list(states)
+        if not ids:
+            return {}
+        record_sets, side_data = [], []
+        cat_vectors, cat_features = self.catalogue.vectors, self.catalogue.features
+        for uid in ids:
+            others, rates, ts = window_columns(states[uid])
+            n = len(others)
+            vecs = np.empty((n, self.n_dim), np.float32)
+            feats = np.empty((n, self.schema.item_dim), np.float32)
+            for j, item_id in enumerate(others):
+                row = self.catalogue.index_of(item_id)
+                if row is None:  # rated before the item side has seen it: its cold-start vector
+                    vecs[j], feats[j] = self._empty_cold["item"], self._empty_features["item"]
+                else:
+                    vecs[j], feats[j] = cat_vectors[row], cat_features[row]
+            record_sets.append(self._records("user", vecs, feats, ts, rates))
+            side_data.append(self.features("user", uid, states[uid]))
+        out = self.rec.fold_in("user", record_sets, np.stack(side_data), entity_keys=ids)
+        return dict(zip(ids, out, strict=True))
+
+    def fold_in_items(self, states: dict[str, State], update_catalogue: bool = True) -> dict[str, np.ndarray]:
+        """New vectors of items from their windows (each entry carries the rater's vector and features);
+        the catalogue gets the new vectors and side data (new items are added)."""
+        ids = list(states)
+        if not ids:
+            return {}
+        record_sets, side_data = [], []
+        for iid in ids:
+            win = states[iid]["window"]
+            others, rates, ts = window_columns(states[iid])
+            vecs = np.asarray([e[4] for e in win], np.float32).reshape(len(win), self.n_dim)
+            feats = np.asarray([e[5] for e in win], np.float32).reshape(len(win), self.schema.user_dim)
+            record_sets.append(self._records("item", vecs, feats, ts, rates))
+            side_data.append(self.features("item", iid, states[iid]))
+        out = self.rec.fold_in("item", record_sets, np.stack(side_data), entity_keys=ids)
+        if update_catalogue:
+            for iid, vector, feats in zip(ids, out, side_data, strict=True):
+                self.catalogue.upsert(iid, vector, feats)
+        return dict(zip(ids, out, strict=True))
+
+    def _records(self, side: str, vecs: np.ndarray, feats: np.ndarray, ts: list[float], rates: list) -> np.ndarray:
+        if not len(ts):  # no ratings: cold start (fold_in reads only the side data)
+            width = self.n_dim + feats.shape[1] + self.schema.context_dim + self.schema.rates_dim
+            return np.zeros((0, width), np.float32)
+        return self.rec.records(side, vecs, feats, np.asarray(ts, np.float64), _rates_array(rates))
+
+    def fold_in(self, side: str, states: dict[str, State]) -> dict[str, np.ndarray]:
+        return self.fold_in_users(states) if side == "user" else self.fold_in_items(states)
+
+    def item_rater_columns(self, user_id: str, user_state: State, vector) -> tuple[list[float], list[float]]:
+        """What an item window entry keeps of its rater: its (new) vector and encoded side data."""
+        return rounded(vector), rounded(self.features("user", user_id, user_state))
+
+    # ---------------------------------------------------------------------------------------- top-N
+
+    def user_vector(self, user_id: str, state: State | None) -> np.ndarray:
+        if state is not None and state.get("vector") is not None:
+            return np.asarray(state["vector"], np.float32)
+        index = self.rec.index["user"].get(user_id)
+        if index is not None:
+            return self.rec.vectors["user"][index]
+        return self.rec.cold_vector("user", (state or {}).get("side") or {})
+
+    def excluded_rows(self, user_id: str, state: State | None) -> set[int]:
+        """Catalogue rows the user has rated: its window, plus its training history if the artifact knows it."""
+        rows = set()
+        if state is not None:
+            rows = {r for r in map(self.catalogue.index_of, rated_ids(state)) if r is not None}
+        index = self.rec.index["user"].get(user_id)
+        if index is not None:  # catalogue rows of the artifact's items are the model's item indices
+            rows.update(int(i) for i in self.rec.rated_items(index))
+        return rows
+
+    def recommend(self, user_id: str, state: State | None, n: int, ts: float | None = None
+                  ) -> list[tuple[str, float]]:
+        return self.recommend_many([Query(user_id, state, n, _now() if ts is None else ts)])[0]
+
+    def recommend_many(self, queries: list[Query]) -> list[list[tuple[str, float]]]:
+        """Top-n (item id, predicted stars) per query, best first, over the whole catalogue."""
+        results: list[list[tuple[str, float]]] = []
+        n_items = len(self.catalogue)
+        if n_items == 0 or not queries:
+            return [[] for _ in queries]
+        item_vectors, item_features, ids = self.catalogue.vectors, self.catalogue.features, self.catalogue.ids
+        per_call = max(1, ROWS_PER_PREDICT // n_items)
+        for start in range(0, len(queries), per_call):
+            part = queries[start:start + per_call]
+            b = len(part)
+            uv = np.stack([self.user_vector(q.user_id, q.state) for q in part])
+            ud = np.stack([self.features("user", q.user_id, q.state) for q in part])
+            ts = np.repeat(np.asarray([q.ts for q in part], np.float64), n_items)
+            scores = self.rec.predict_rates(np.repeat(uv, n_items, axis=0), np.repeat(ud, n_items, axis=0),
+                                            np.tile(item_vectors, (b, 1)), np.tile(item_features, (b, 1)),
+                                            ts)[:, 0].reshape(b, n_items)
+            for q, row in zip(part, scores, strict=True):
+                excluded = self.excluded_rows(q.user_id, q.state)
+                if excluded:
+                    row[np.fromiter(excluded, dtype=np.int64, count=len(excluded))] = -np.inf
+                n = min(int(q.n), int(np.isfinite(row).sum()))
+                top = np.argpartition(-row, n - 1)[:n] if n else np.array([], dtype=np.int64)
+                top = top[np.argsort(-row[top], kind="stable")]
+                results.append([(ids[i], float(row[i])) for i in top])
+        return results
+
+
+def _rates_array(rates: list[list[float | None]]) -> np.ndarray:
+    """[[stars, thumbs]] with None for a missing rate -> float32 [n, 2] with NaN (records() zeroes NaN)."""
+    return np.array(rates, dtype=np.float64).reshape(len(rates), 2).astype(np.float32)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
