@@ -3,7 +3,7 @@
 - warm: RMSE/MAE of an artifact on a split's test ratings.
 - foldin-users / foldin-items: hold 10% of users (items) out of training entirely; reveal each
   one's first k ratings in time order; fold it in with the frozen encoders; RMSE on the rest.
-  Compared with a bias-only baseline that sees the same revealed ratings.
+  Compared with baselines (stream_app.baselines) folded in from the same revealed ratings.
 """
 
 from __future__ import annotations
@@ -111,39 +111,21 @@ def foldin_predictions(rec: Recommender, held: HoldOut, revealed: dict[int, np.n
     return pred
 
 
-def bias_baseline(train: RatingData, damping: float = 5.0):
-    """Global mean + damped item and user biases (alternating, 3 sweeps)."""
-    mu = float(train.rating.mean())
-    bu, bi = np.zeros(train.n_users), np.zeros(train.n_items)
-    for _ in range(3):
-        bi = _damped_mean(train.item, train.rating - mu - bu[train.user], train.n_items, damping)
-        bu = _damped_mean(train.user, train.rating - mu - bi[train.item], train.n_users, damping)
-    return mu, bu, bi
-
-
-def bias_foldin_predictions(train: RatingData, held: HoldOut, revealed: dict[int, np.ndarray],
-                            rest: np.ndarray, damping: float = 5.0) -> np.ndarray:
-    mu, bu, bi = bias_baseline(train, damping)
-    data = held.held
-    own = bu if held.side == "user" else bi
-    opposite = bi if held.side == "user" else bu
-    other_of = data.item if held.side == "user" else data.user
-    own = own.copy()
+def baseline_foldin_predictions(model, held: HoldOut, revealed: dict[int, np.ndarray],
+                                rest: np.ndarray) -> np.ndarray:
+    """Fold each held-out entity into a fitted baseline (stream_app.baselines) from its revealed
+    ratings, then predict its other ratings. The baseline is modified in place."""
+    data, side = held.held, held.side
+    other_of = data.item if side == "user" else data.user
     for e, rows in revealed.items():
-        own[e] = np.sum(data.rating[rows] - mu - opposite[other_of[rows]]) / (len(rows) + damping)
-    pred = mu + own[data.user[rest] if held.side == "user" else data.item[rest]] + opposite[other_of[rest]]
-    lo, hi = data.rating_scale
-    return np.clip(pred, lo, hi)
+        model.fold_in(side, e, other_of[rows], data.rating[rows])
+    return model.predict(data.user[rest], data.item[rest])
 
 
 def _predict_rows(rec: Recommender, data: RatingData, rows: np.ndarray) -> np.ndarray:
     u, i = data.user[rows], data.item[rows]
     return rec.predict_rates(rec.vectors["user"][u], rec.features["user"][u], rec.vectors["item"][i],
                              rec.features["item"][i], data.ts[rows])[:, 0]
-
-
-def _damped_mean(index: np.ndarray, values: np.ndarray, n: int, damping: float) -> np.ndarray:
-    return np.bincount(index, weights=values, minlength=n) / (np.bincount(index, minlength=n) + damping)
 
 
 def _tensor(a: np.ndarray):

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
 from stream_app.settings import add_setting_flags, settings_from_args
 
@@ -55,10 +57,11 @@ def _warm(args, settings, split) -> dict:
 
 
 def _foldin(args, settings, split, side: str) -> dict:
+    from stream_app.baselines import ALSMF, BiasOnly
     from stream_app.core.training import Trainer
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import (
-        bias_foldin_predictions,
+        baseline_foldin_predictions,
         foldin_predictions,
         hold_out,
         rating_metrics,
@@ -73,20 +76,23 @@ def _foldin(args, settings, split, side: str) -> dict:
           f"training on the other {len(held.train)} ratings")
     started = time.perf_counter()
     rec, _ = Trainer(config, FeatureSchema.fit(held.train), settings.device, not args.quiet).fit(
-        held.train, log=lambda *a: None if args.quiet else print(*a))
+        held.train, log=(lambda *a: None) if args.quiet else tqdm.write)
     train_seconds = time.perf_counter() - started
-    systems = {"aevec-foldin": {}, "bias-only": {}}
+    baselines = {"bias-only": BiasOnly().fit(held.train), "als-foldin": ALSMF(seed=settings.seed).fit(held.train)}
+    systems = {"aevec-foldin": {}, **{name: {} for name in baselines}}
     for k in ks:
         revealed, rest = reveal(held, k)
         truth = held.held.rating[rest]
         systems["aevec-foldin"][k] = rating_metrics(foldin_predictions(rec, held, revealed, rest), truth)
-        systems["bias-only"][k] = rating_metrics(bias_foldin_predictions(held.train, held, revealed, rest), truth)
+        for name, model in baselines.items():
+            systems[name][k] = rating_metrics(baseline_foldin_predictions(model, held, revealed, rest), truth)
     rows = [[k] + [systems[s][k]["rmse"] for s in systems] + [systems["aevec-foldin"][k]["n"]] for k in ks]
     print(_table(["k"] + [f"{s} rmse" for s in systems] + ["n"], rows))
     if args.png:
         plot_lines({s: (ks, [systems[s][k]["rmse"] for k in ks]) for s in systems}, args.png,
                    "revealed ratings per held-out " + side, "RMSE on the rest", f"fold-in of new {side}s")
-    return {"protocol": f"foldin-{side}s", "held_out": len(held.entities), "train_seconds": train_seconds,
+    return {"protocol": f"foldin-{side}s", "held_out": len(held.entities),
+            "train_seconds": {"aevec": train_seconds, **{n: m.train_seconds for n, m in baselines.items()}},
             "systems": systems}
 
 

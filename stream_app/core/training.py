@@ -99,7 +99,7 @@ class Trainer:
 
     # ---- public ---------------------------------------------------------------------------
     def fit(self, data: RatingData, checkpoint: Path | None = None, resume: bool = False,
-            log=print) -> tuple[Recommender, dict]:
+            log=tqdm.write) -> tuple[Recommender, dict]:
         """Train on `data`; returns the frozen recommender and a report (per-round stats, times)."""
         cfg = self.config
         train_part, valid_part = self._hold_out_validation(data)
