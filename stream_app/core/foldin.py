@@ -128,7 +128,7 @@ class Recommender:
     @torch.no_grad()
     def predict_rates(self, user_vecs, user_data, item_vecs, item_data, ts) -> np.ndarray:
         """[B, 2]: predicted stars (on the rating scale) and thumbs-up probability."""
-        t = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+        t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731  (a copy: inputs may be read-only views)
         context = self.schema.encode_context(np.asarray(ts))
         raw = self.model.predictor(t(user_vecs), t(user_data), t(item_vecs), t(item_data), t(context))
         stars = self.schema.decode_stars(raw[:, 0].clamp(-1, 1).numpy())
