@@ -1,0 +1,481 @@
+"""The Faust app: `faust -A stream_app.app worker` or `recsys worker` (settings from RECSYS_* env vars/flags).
+
+A thin layer: parse and validate (stream/events.py), update per-entity state (stream/state.py) in
+RocksDB tables backed by changelog topics, call the frozen model (stream/service.py), publish.
+
+Topology (names are settings; P = settings.partitions for every topic below):
+
+    ratings, users, recommend-requests  (keyed by user id) --> agent `user-processor`
+        table `users`: window of recent ratings, side data, vector, n_ratings, recent event ids
+        publishes user-vectors, recommendations; forwards each applied rating, with the user's new
+        vector, to the internal topic `<app_id>-item-updates`, keyed by item id
+    items, <app_id>-item-updates         (keyed by item id) --> agent `item-processor`
+        table `items`: the same per item (window entries also carry the rater's vector and features)
+        publishes item-vectors; updates this worker's item catalogue (what top-N lists score)
+    every rejected input                                   --> dead-letters
+
+Each table has exactly one writer (its agent), and every write goes to the changelog partition of
+the entity's own key. Both agents batch with `stream.take_events`, so a busy stream folds many
+entities per encoder call: one `Recommender.fold_in` call per side per batch.
+
+An input event that sits on the wrong partition for its id (a producer that keyed it by something
+else, or not at all) is sent again to the same topic keyed by its id and skipped (outcome
+"rekeyed"); otherwise two workers could own the same user.
+
+Known limitation: each worker's catalogue holds the artifact's items plus the items whose vectors
+*this* worker computed (rebuilt from its item table after recovery). With several workers, an item
+created or updated on another worker is folded in there with its latest vector, but this worker
+keeps the old one (or, for a brand-new item, scores it only once one of its ratings is
+seen here, with a cold vector) until it processes that item itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from faust.streams import _current_event  # see event_context()
+
+from stream_app.errors import EventError, RecsysError
+from stream_app.settings import Settings
+from stream_app.stream import events as ev
+from stream_app.stream import state as st
+from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
+from stream_app.stream.service import FoldInService, Query
+
+log = logging.getLogger(__name__)
+
+PROCESSING_ERROR = "processing_error"  # dead-letter reason: a valid event the model could not process
+REKEYED_HEADER = "recsys-rekeyed"
+
+# tansu answers a JoinGroup only when about half the session timeout has passed (the client's rebalance
+# wait), so Faust's 60 s defaults make a worker wait 30 s before it gets partitions. Heartbeats run in the
+# consumer's own thread, so a long fold-in does not miss them.
+CONSUMER_TIMEOUTS = dict(broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_rebalance_timeout=6.0,
+                         broker_request_timeout=30.0)
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Faust settings derived from ours."""
+    return dict(
+        broker=settings.broker_url,
+        store="rocksdb://",
+        datadir=settings.store_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_port=settings.web_port,
+        web_enabled=True,
+        consumer_auto_offset_reset="earliest",  # a new deployment reads its inputs from the start
+        key_serializer="raw",
+        value_serializer="json",
+        autodiscover=False,
+        table_standby_replicas=0,
+        **CONSUMER_TIMEOUTS,
+    )
+
+
+def internal_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-item-updates"
+
+
+@contextlib.contextmanager
+def event_context(event) -> Iterator[None]:
+    """Make `event` the stream's current event while its entity's table row is read or written.
+
+    Faust routes a table write to the changelog partition (and RocksDB partition) of the *current
+    event*; inside a `take_events` batch that is not set per event, so we set it to an event of the
+    entity being written (faust.streams._current_event is the context variable Faust itself uses).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class RecsysApp(faust.App):
+    """faust.App that creates its topics (and checks their partitions) before it subscribes to them."""
+
+    runtime: Runtime
+
+    async def on_start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.runtime.prepare_topics)
+        await super().on_start()
+
+
+class Runtime:
+    """The service's state inside one worker: settings, model, metrics, topics, tables and agents."""
+
+    def __init__(self, app: RecsysApp, settings: Settings, service: FoldInService, metrics: StreamMetrics):
+        self.app, self.settings, self.service, self.metrics = app, settings, service, metrics
+        s = settings
+        self.model_version = service.model_version
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.user_inputs = app.topic(s.topic_ratings, s.topic_users, s.topic_requests, **raw)
+        self.item_inputs = app.topic(s.topic_items, internal_topic(s), **raw)
+        self.raw_topics = {name: app.topic(name, **raw) for name in
+                           (s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items)}
+        out = dict(key_type=bytes, key_serializer="raw", value_serializer="json")
+        self.item_updates = app.topic(internal_topic(s), **out)
+        self.user_vectors = app.topic(s.topic_user_vectors, **out)
+        self.item_vectors = app.topic(s.topic_item_vectors, **out)
+        self.recommendations = app.topic(s.topic_recommendations, **out)
+        self.dead_letters = app.topic(s.topic_dead_letters, **out)
+        table = dict(partitions=s.partitions, key_type=str, value_type=None, default=None,
+                     options={"driver": "rocksdict"})
+        self.users = app.Table("users", help="per-user serving state (stream/state.py)", **table)
+        self.items = app.Table("items", help="per-item serving state (stream/state.py)", **table)
+        self.items.on_recover(self.rebuild_catalogue)
+        self._partitioner = DefaultPartitioner()
+        app.agent(self.user_inputs, name="user-processor")(self.user_agent)
+        app.agent(self.item_inputs, name="item-processor")(self.item_agent)
+        app.timer(15.0, name="table-sizes")(self.update_table_sizes)
+
+        async def metrics_page(web, request):
+            return web.bytes(self.metrics.render(), content_type=CONTENT_TYPE)
+
+        app.page("/metrics", name="metrics")(metrics_page)
+        metrics.set_model(self.model_version)
+        metrics.catalogue_items.set(len(service.catalogue))
+
+    # ------------------------------------------------------------------------------------------ topics
+
+    def topic_partitions(self) -> dict[str, int]:
+        s = self.settings
+        names = (s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items, internal_topic(s),
+                 s.topic_user_vectors, s.topic_item_vectors, s.topic_recommendations, s.topic_dead_letters)
+        return {name: s.partitions for name in names}
+
+    def prepare_topics(self) -> None:
+        """Create missing topics; refuse input topics whose partitions differ from the tables'."""
+        from kafka import KafkaAdminClient
+
+        from stream_app.broker import bootstrap_from_url, create_topics
+
+        s = self.settings
+        bootstrap = bootstrap_from_url(s.broker_url)
+        wanted = self.topic_partitions()
+        create_topics(bootstrap, wanted, replication_factor=s.replication_factor)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{s.app_id}-setup")
+        try:
+            described = admin.describe_topics([s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items,
+                                               internal_topic(s)])
+        finally:
+            admin.close()
+        for topic in described:
+            n = len(topic.get("partitions") or ())
+            if n and n != s.partitions:
+                raise RecsysError(f"topic {topic['topic']!r} has {n} partitions but the tables have "
+                                  f"{s.partitions}: set RECSYS_PARTITIONS={n} (and a new RECSYS_APP_ID) or "
+                                  f"recreate the topic")
+
+    def home_partition(self, topic: str, entity_id: str) -> int | None:
+        n = self.app.consumer.topic_partitions(topic) or self.settings.partitions
+        parts = list(range(n))
+        return self._partitioner(entity_id.encode(), parts, parts)
+
+    def on_home_partition(self, event, entity_id: str) -> bool:
+        message = event.message
+        if _header(message, REKEYED_HEADER) is not None:
+            return True  # already sent again once: never loop
+        return message.partition == self.home_partition(message.topic, entity_id)
+
+    async def rekey(self, event, entity_id: str) -> None:
+        message = event.message
+        await self.raw_topics[message.topic].send(key=entity_id.encode(), value=message.value,
+                                                  headers={REKEYED_HEADER: b"1"})
+        self.metrics.events.labels(topic=message.topic, outcome="rekeyed").inc()
+
+    async def dead_letter(self, event, error: EventError) -> None:
+        message = event.message
+        letter = ev.dead_letter(message.topic, message.partition, message.offset, message.value, error)
+        await self.dead_letters.send(key=message.key if isinstance(message.key, bytes) else None, value=letter)
+        self.metrics.events.labels(topic=message.topic, outcome="dead_letter").inc()
+        self.metrics.dead_letters.labels(reason=error.reason).inc()
+        self.metrics.published.labels(topic=self.settings.topic_dead_letters).inc()
+        log.debug("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+
+    def count(self, event, outcome: str) -> None:
+        self.metrics.events.labels(topic=event.message.topic, outcome=outcome).inc()
+
+    # ------------------------------------------------------------------------------------------ users
+
+    async def user_agent(self, stream) -> None:
+        async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_timeout):
+            try:
+                await self.process_user_batch(events)
+            except Exception:  # a bug must not stop the worker; the events are reported, not lost
+                log.exception("user batch of %d events failed", len(events))
+                await self._dead_letter_all(events)
+
+    def parse_user_side(self, event) -> tuple[str, str, Any]:
+        s, topic, value = self.settings, event.message.topic, event.message.value
+        if topic == s.topic_ratings:
+            rating = ev.parse_rating(value, self.service.schema, s.max_event_bytes)
+            return "rating", rating.user_id, rating
+        if topic == s.topic_users:
+            user = ev.parse_user(value, s.max_event_bytes)
+            return "side", user.user_id, user
+        request = ev.parse_request(value, s.max_event_bytes, s.top_n)
+        return "request", request.user_id, request
+
+    async def process_user_batch(self, events: list) -> None:
+        s, svc = self.settings, self.service
+        self.metrics.batch_events.labels(agent="users").observe(len(events))
+        groups = await self._group(events, self.parse_user_side)
+        states: dict[str, st.State] = {}
+        dirty: dict[str, Any] = {}  # user id -> an event of that user (for the table write)
+        to_fold: dict[str, st.State] = {}
+        applied: dict[str, list] = {}  # user id -> [(RatingEvent, event)]
+        requests: list = []
+        for uid, entries in groups.items():
+            with event_context(entries[0][2]):
+                stored = self.users.get(uid)
+            state = stored if stored is not None else svc.initial_state("user", uid)
+            states[uid] = state
+            for kind, parsed, event in entries:
+                if kind == "rating":
+                    fresh = st.add_rating(state, parsed.event_id, parsed.item_id, parsed.rates, parsed.ts,
+                                          s.window_user)
+                    if fresh:
+                        applied.setdefault(uid, []).append((parsed, event))
+                        to_fold[uid] = state
+                elif kind == "side":
+                    fresh = st.update_side(state, parsed.event_id, parsed.side, s.window_user)
+                    if fresh and not state["window"]:
+                        to_fold[uid] = state  # no ratings: its cold-start vector follows its side data
+                else:
+                    fresh = True
+                    requests.append((uid, parsed, event))
+                if fresh and kind != "request":
+                    dirty[uid] = event
+                self.count(event, "ok" if fresh else "duplicate")
+        vectors, failed = self._fold("user", to_fold)
+        for uid in failed:
+            await self._reject_entity(groups[uid], "user")
+            dirty.pop(uid, None)
+            applied.pop(uid, None)
+        for uid, vector in vectors.items():
+            st.set_vector(states[uid], vector, self.model_version)
+        for uid, event in dirty.items():
+            with event_context(event):
+                self.users[uid] = states[uid]
+        for uid in vectors:
+            state = states[uid]
+            await self._publish(self.user_vectors, uid,
+                                ev.vector_update("user", uid, state["vector"], state["n_ratings"], self.model_version),
+                                [e for _, e in applied.get(uid, [])], "user_vector")
+        for uid, ratings in applied.items():
+            user_vector, user_features = svc.item_rater_columns(uid, states[uid], states[uid]["vector"])
+            for rating, event in ratings:
+                update = ev.ItemUpdate(event_id=rating.event_id, item_id=rating.item_id, user_id=uid,
+                                       rates=rating.rates, ts=rating.ts, user_vector=user_vector,
+                                       user_features=user_features)
+                # the rating's own broker timestamp travels on, for the event-to-publish latency of items
+                await self.item_updates.send(key=rating.item_id.encode(), value=update,
+                                             timestamp=event.message.timestamp)
+        await self._recommend(states, applied, requests)
+
+    async def _recommend(self, states: dict, applied: dict, requests: list) -> None:
+        s = self.settings
+        queries, meta = [], []
+        if s.recommend_on_rating:
+            for uid, ratings in applied.items():
+                queries.append(Query(uid, states[uid], s.top_n, max(r.ts for r, _ in ratings)))
+                meta.append((uid, None, [e for _, e in ratings]))
+        now = time.time()
+        for uid, request, event in requests:
+            queries.append(Query(uid, states.get(uid), request.n, now))
+            meta.append((uid, request.request_id, [event]))
+        if not queries:
+            return
+        started = time.perf_counter()
+        results = self.service.recommend_many(queries)
+        self.metrics.recommend_seconds.observe(time.perf_counter() - started)
+        for (uid, request_id, sources), top in zip(meta, results, strict=True):
+            await self._publish(self.recommendations, uid,
+                                ev.recommendations(uid, top, self.model_version, request_id=request_id),
+                                sources, "recommendations")
+
+    # ------------------------------------------------------------------------------------------ items
+
+    async def item_agent(self, stream) -> None:
+        async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_timeout):
+            try:
+                await self.process_item_batch(events)
+            except Exception:
+                log.exception("item batch of %d events failed", len(events))
+                await self._dead_letter_all(events)
+
+    def parse_item_side(self, event) -> tuple[str, str, Any]:
+        message = event.message
+        if message.topic == self.settings.topic_items:
+            item = ev.parse_item(message.value, self.settings.max_event_bytes)
+            return "side", item.item_id, item
+        update = ev.load_object(message.value, 1 << 30)  # internal: written by the user processor
+        return "rating", str(update["item_id"]), update
+
+    async def process_item_batch(self, events: list) -> None:
+        s, svc = self.settings, self.service
+        self.metrics.batch_events.labels(agent="items").observe(len(events))
+        groups = await self._group(events, self.parse_item_side)
+        states: dict[str, st.State] = {}
+        dirty: dict[str, Any] = {}
+        to_fold: dict[str, st.State] = {}
+        sources: dict[str, list] = {}
+        for iid, entries in groups.items():
+            with event_context(entries[0][2]):
+                stored = self.items.get(iid)
+            state = stored if stored is not None else svc.initial_state("item", iid)
+            states[iid] = state
+            side_changed = False
+            for kind, parsed, event in entries:
+                if kind == "rating":
+                    fresh = st.add_rating(state, parsed["event_id"], parsed["user_id"], parsed["rates"],
+                                          parsed["ts"], s.window_item,
+                                          extra=[parsed["user_vector"], parsed["user_features"]])
+                    if fresh:
+                        to_fold[iid] = state
+                        sources.setdefault(iid, []).append(event)
+                else:
+                    fresh = st.update_side(state, parsed.event_id, parsed.side, s.window_item)
+                    side_changed = side_changed or fresh
+                    if fresh and not state["window"]:
+                        to_fold[iid] = state
+                if fresh:
+                    dirty[iid] = event
+                self.count(event, "ok" if fresh else "duplicate")
+            if side_changed and iid not in to_fold:  # rated item: its vector stays, its side data changes
+                svc.catalogue.upsert(iid, features=svc.features("item", iid, state))
+        vectors, failed = self._fold("item", to_fold)
+        for iid in failed:
+            await self._reject_entity(groups[iid], "item")
+            dirty.pop(iid, None)
+        for iid, vector in vectors.items():
+            st.set_vector(states[iid], vector, self.model_version)
+        for iid, event in dirty.items():
+            with event_context(event):
+                self.items[iid] = states[iid]
+        for iid in vectors:
+            state = states[iid]
+            await self._publish(self.item_vectors, iid,
+                                ev.vector_update("item", iid, state["vector"], state["n_ratings"], self.model_version),
+                                sources.get(iid, []), "item_vector")
+        self.metrics.catalogue_items.set(len(svc.catalogue))
+
+    async def rebuild_catalogue(self) -> None:
+        """After recovery: put the items of this worker's table partitions back in the catalogue."""
+        svc, n = self.service, 0
+        for iid, state in self.items.items():
+            if state and state.get("vector") is not None:
+                svc.catalogue.upsert(iid, state["vector"], svc.features("item", iid, state))
+                n += 1
+        self.metrics.catalogue_items.set(len(svc.catalogue))
+        log.info("catalogue: %d items (%d restored from the item table)", len(svc.catalogue), n)
+
+    # ------------------------------------------------------------------------------------------ shared
+
+    async def _group(self, events: list, parse) -> dict[str, list]:
+        """Validate a batch: dead-letter bad events, rekey misplaced ones, group the rest by entity id."""
+        groups: dict[str, list] = {}
+        for event in events:
+            try:
+                kind, entity_id, parsed = parse(event)
+            except EventError as error:
+                await self.dead_letter(event, error)
+                continue
+            except Exception as exc:  # noqa: BLE001 (a parser bug must not stop the worker)
+                log.exception("unexpected error parsing %s", event.message.topic)
+                await self.dead_letter(event, EventError(PROCESSING_ERROR, repr(exc)[:300]))
+                continue
+            if event.message.topic in self.raw_topics and not self.on_home_partition(event, entity_id):
+                await self.rekey(event, entity_id)
+                continue
+            groups.setdefault(entity_id, []).append((kind, parsed, event))
+        return groups
+
+    def _fold(self, side: str, states: dict[str, st.State]) -> tuple[dict, set]:
+        """One batched fold-in; if it fails, entity by entity, so one poisoned entity fails alone."""
+        if not states:
+            return {}, set()
+        started = time.perf_counter()
+        failed: set[str] = set()
+        try:
+            vectors = self.service.fold_in(side, states)
+        except Exception:
+            log.exception("batched %s fold-in failed; retrying entity by entity", side)
+            vectors = {}
+            for key, state in states.items():
+                try:
+                    vectors.update(self.service.fold_in(side, {key: state}))
+                except Exception:
+                    log.exception("%s fold-in failed for %r", side, key)
+                    failed.add(key)
+        self.metrics.foldin_seconds.labels(side=side).observe(time.perf_counter() - started)
+        self.metrics.foldin_entities.labels(side=side).observe(len(states))
+        return vectors, failed
+
+    async def _reject_entity(self, entries: list, side: str) -> None:
+        for _, _, event in entries:
+            await self.dead_letter(event, EventError(PROCESSING_ERROR, f"{side} fold-in failed"))
+
+    async def _dead_letter_all(self, events: list) -> None:
+        for event in events:
+            with contextlib.suppress(Exception):
+                await self.dead_letter(event, EventError(PROCESSING_ERROR, "the batch failed; see the worker log"))
+
+    async def _publish(self, topic, key: str, value, sources: list, output: str) -> None:
+        await topic.send(key=key.encode(), value=value)
+        self.metrics.published.labels(topic=topic.get_topic_name()).inc()
+        now = time.time()
+        for event in sources:
+            stamp = event.message.timestamp
+            if stamp:
+                self.metrics.event_to_publish.labels(output=output).observe(max(0.0, now - stamp))
+
+    async def update_table_sizes(self) -> None:
+        self.metrics.table_entries.labels(table="users").set(len(self.users))
+        self.metrics.table_entries.labels(table="items").set(len(self.items))
+
+
+def _header(message, name: str) -> bytes | None:
+    headers = message.headers or ()
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items:
+        if key == name:
+            return value
+    return None
+
+
+def load_model(settings: Settings):
+    import torch
+
+    from stream_app.core.artifacts import load_artifact
+
+    torch.set_num_threads(1)
+    return load_artifact(settings.artifacts_dir)
+
+
+def create_app(settings: Settings | None = None, recommender=None, metrics: StreamMetrics | None = None) -> RecsysApp:
+    """A Faust app serving `recommender` (default: the model in settings.artifacts_dir)."""
+    settings = settings or Settings.from_env()
+    recommender = recommender or load_model(settings)
+    service = FoldInService.from_settings(recommender, settings)
+    app = RecsysApp(settings.app_id, **faust_config(settings))
+    app.runtime = Runtime(app, settings, service, metrics or StreamMetrics())
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`app` for `faust -A stream_app.app worker`, built on first access from the environment."""
+    if name == "app":
+        built = globals()["app"] = create_app(Settings.from_env())
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,58 @@
+"""Prometheus metrics of a worker, in their own registry (several apps in one process stay apart).
+
+    recsys_events_total{topic, outcome}        input events: outcome = ok, duplicate, dead_letter, rekeyed
+    recsys_dead_letters_total{reason}          rejected events by reason (see events.py)
+    recsys_foldin_batch_seconds{side}          one batched fold-in call (histogram)
+    recsys_foldin_batch_entities{side}         entities per fold-in call (histogram)
+    recsys_batch_events{agent}                 events per stream.take batch (histogram)
+    recsys_event_to_publish_seconds{output}    from an input event's Kafka timestamp to the publication of a
+                                               result: output = user_vector, item_vector, recommendations
+    recsys_recommend_seconds                   one top-N scoring call for a batch of users (histogram)
+    recsys_published_total{topic}              messages published on output topics
+    recsys_model_info{model_version}           1 for the model being served
+    recsys_table_entries{table}                entities in this worker's tables (its own partitions)
+    recsys_catalogue_items                     items this worker can recommend
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split("; charset")[0]  # aiohttp wants the charset apart
+
+
+class StreamMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("recsys_events", "Input events by topic and outcome", ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("recsys_dead_letters", "Events sent to dead-letters, by reason", ["reason"],
+                                    registry=r)
+        self.foldin_seconds = Histogram("recsys_foldin_batch_seconds", "Duration of one batched fold-in call",
+                                        ["side"], buckets=LATENCY_BUCKETS, registry=r)
+        self.foldin_entities = Histogram("recsys_foldin_batch_entities", "Entities folded in per call", ["side"],
+                                         buckets=SIZE_BUCKETS, registry=r)
+        self.batch_events = Histogram("recsys_batch_events", "Events per stream.take batch", ["agent"],
+                                      buckets=SIZE_BUCKETS, registry=r)
+        self.event_to_publish = Histogram("recsys_event_to_publish_seconds",
+                                          "From an input event's broker timestamp to the publication of a result",
+                                          ["output"], buckets=LATENCY_BUCKETS, registry=r)
+        self.recommend_seconds = Histogram("recsys_recommend_seconds", "Duration of one batched top-N scoring",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.published = Counter("recsys_published", "Messages published, by output topic", ["topic"], registry=r)
+        self.model_info = Gauge("recsys_model_info", "The model version being served (value 1)", ["model_version"],
+                                registry=r)
+        self.table_entries = Gauge("recsys_table_entries", "Entities held in this worker's table partitions",
+                                   ["table"], registry=r)
+        self.catalogue_items = Gauge("recsys_catalogue_items", "Items this worker can recommend", registry=r)
+
+    def set_model(self, model_version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_version=model_version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
