@@ -1,0 +1,382 @@
+"""The streaming worker end to end: `recsys worker` as a subprocess on the embedded tansu broker, real
+Kafka clients (kafka-python) producing inputs and reading outputs. No mocks.
+
+One worker serves the whole module (its topics have names unique to the module); the last tests stop
+and restart it to check changelog recovery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+TINY = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, rounds=2, steps_per_round=10,
+            batch_size=128)
+PARTITIONS = 4
+MAX_EVENT_BYTES = 4096
+TOP_N = 5
+OUTPUTS = ("user_vectors", "item_vectors", "recommendations", "dead_letters")
+INPUTS = ("ratings", "users", "items", "requests")
+TS = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    import torch
+
+    from stream_app.core.artifacts import load_artifact, save_artifact
+    from stream_app.core.config import ModelConfig
+    from stream_app.core.training import Trainer
+    from stream_app.data.features import FeatureSchema
+    from stream_app.data.synthetic import make_synthetic
+
+    torch.set_num_threads(1)
+    data = make_synthetic(n_users=60, n_items=40, mean_ratings_per_user=12, seed=11)
+    rec, _ = Trainer(ModelConfig(**TINY), FeatureSchema.fit(data), "cpu", progress=False).fit(
+        data, log=lambda *a: None)
+    path = save_artifact(rec, tmp_path_factory.mktemp("model") / "tiny")
+    return path, load_artifact(path)
+
+
+class Worker:
+    """`recsys worker` in a subprocess, its topics, a producer and a reader of every output topic."""
+
+    def __init__(self, broker, artifact_path: Path, root: Path):
+        self.broker, self.root = broker, root
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = {name: f"{name.replace('_', '-')}-{suffix}" for name in INPUTS + OUTPUTS}
+        self.app_id = f"itest-{suffix}"
+        self.env = dict(os.environ, RECSYS_BROKER_URL=broker.url, RECSYS_ARTIFACTS_DIR=str(artifact_path),
+                        RECSYS_APP_ID=self.app_id, RECSYS_PARTITIONS=str(PARTITIONS),
+                        RECSYS_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES), RECSYS_TOP_N=str(TOP_N),
+                        RECSYS_WINDOW_USER="8", RECSYS_WINDOW_ITEM="8", RECSYS_BATCH_TIMEOUT="0.02",
+                        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        for name, topic in self.topics.items():
+            self.env[f"RECSYS_TOPIC_{name.upper()}"] = topic
+        self.process: subprocess.Popen | None = None
+        self.store = root / "store"
+        self.port = 0
+        self.starts = 0
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        self.consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                                      enable_auto_commit=False, group_id=None)
+        self.received: dict[str, list] = {name: [] for name in OUTPUTS}
+        self._assigned = False
+
+    # -- process
+    def start(self, timeout: float = 60.0) -> None:
+        self.starts += 1
+        self.port = free_port()
+        self.env["RECSYS_STORE_DIR"] = str(self.store)
+        self.env["RECSYS_WEB_PORT"] = str(self.port)
+        self.log = self.root / f"worker-{self.starts}.log"
+        self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--quiet"], env=self.env,
+                                        stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # /metrics is served once table recovery is complete
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.metrics_text()
+                self.ensure_assigned()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        proc, self.process = self.process, None
+        if proc is None:
+            return 0
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            raise AssertionError(f"worker did not stop on SIGTERM within {timeout} s:\n{self.log_tail()}") from None
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+            return response.read().decode()
+
+    # -- kafka
+    def ensure_assigned(self) -> None:
+        if self._assigned:
+            return
+        from kafka import TopicPartition
+
+        parts = [TopicPartition(self.topics[name], p) for name in OUTPUTS for p in range(PARTITIONS)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+        self._assigned = True
+
+    def send(self, input_name: str, value, key: str | bytes | None = None) -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        if isinstance(key, str):
+            key = key.encode()
+        self.producer.send(self.topics[input_name], value=raw, key=key)
+        self.producer.flush()
+
+    def poll(self) -> None:
+        names = {topic: name for name, topic in self.topics.items()}
+        for records in self.consumer.poll(timeout_ms=100).values():
+            for r in records:
+                value = json.loads(r.value)
+                assert "__faust" not in r.value.decode()
+                self.received[names[r.topic]].append((r.key.decode() if r.key else None, value))
+
+    def wait_for(self, output: str, predicate, timeout: float = 30.0, count: int = 1) -> list:
+        """Messages of an output topic (key, value) matching predicate, once there are `count` of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            found = [(k, v) for k, v in self.received[output] if predicate(k, v)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {output}; have {self.received[output][-5:]}\n"
+                                     f"worker log:\n{self.log_tail()}")
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker died:\n{self.log_tail()}")
+
+    def settle(self, seconds: float = 1.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.poll()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.producer.close()
+            self.consumer.close()
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_broker, artifact, tmp_path_factory):
+    w = Worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker"))
+    w.start()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def rating(event_id, user, item, stars=4, ts=TS, **extra) -> dict:
+    return {"event_id": event_id, "user_id": user, "item_id": item, "rating": stars, "ts": ts, **extra}
+
+
+def last_vector(worker, side: str, entity: str, min_ratings: int = 0, timeout: float = 30.0) -> dict:
+    found = worker.wait_for(f"{side}_vectors", lambda k, v: k == entity and v["n_ratings"] >= min_ratings,
+                            timeout=timeout)
+    return found[-1][1]
+
+
+def known_user(artifact, k: int = 0) -> tuple[str, int]:
+    rec = artifact[1]
+    counts = np.bincount(rec.history.user, minlength=len(rec.ids["user"]))
+    index = int(np.argsort(-counts, kind="stable")[k])
+    return rec.ids["user"][index], int(counts[index])
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_ratings_give_vectors_and_recommendations(worker, artifact):
+    rec = artifact[1]
+    user, history = known_user(artifact)
+    items = [rec.ids["item"][i] for i in (0, 1, 2)]
+    for k, item in enumerate(items):
+        worker.send("ratings", rating(f"r-{k}", user, item, stars=5 - k), key=user)
+    vec = last_vector(worker, "user", user, min_ratings=history + 3)
+    assert vec == {"user_id": user, "vector": vec["vector"], "n_ratings": history + 3,
+                   "model_version": rec.model_version, "ts": vec["ts"]}
+    assert len(vec["vector"]) == rec.n_dim and all(isinstance(x, float) for x in vec["vector"])
+    item_counts = np.bincount(rec.history.item, minlength=len(rec.ids["item"]))
+    for i, item in enumerate(items):
+        ivec = last_vector(worker, "item", item, min_ratings=int(item_counts[i]) + 1)
+        assert set(ivec) == {"item_id", "vector", "n_ratings", "model_version", "ts"}
+        assert ivec["item_id"] == item and len(ivec["vector"]) == rec.n_dim
+    worker.wait_for("recommendations", lambda k, v: k == user)
+    worker.settle(0.5)  # one refreshed list per user per batch: the last one follows the last rating
+    recs = [v for k, v in worker.received["recommendations"] if k == user][-1]
+    assert set(recs) == {"user_id", "items", "model_version", "ts"}  # no request_id: not a reply
+    assert len(recs["items"]) == TOP_N
+    assert all(set(x) == {"item_id", "score"} for x in recs["items"])
+    scores = [x["score"] for x in recs["items"]]
+    assert scores == sorted(scores, reverse=True)
+    rated = {rec.ids["item"][i] for i in rec.rated_items(rec.index["user"][user])} | set(items)
+    assert not rated & {x["item_id"] for x in recs["items"]}, "recommended an item the user rated"
+
+
+def test_new_user_and_new_item_get_vectors(worker, artifact):
+    rec = artifact[1]
+    worker.send("users", {"event_id": "u-new-1", "user_id": "newbie", "gender": "F", "age": 31,
+                          "occupation": "artist"}, key="newbie")
+    cold = last_vector(worker, "user", "newbie")
+    assert cold["n_ratings"] == 0 and len(cold["vector"]) == rec.n_dim
+    worker.send("items", {"event_id": "i-new-1", "item_id": "brand-new", "genres": ["Drama"], "year": 1999},
+                key="brand-new")
+    icold = last_vector(worker, "item", "brand-new")
+    assert icold["n_ratings"] == 0
+    worker.send("ratings", rating("new-r-1", "newbie", "brand-new", stars=5), key="newbie")
+    assert last_vector(worker, "user", "newbie", min_ratings=1)["vector"] != cold["vector"]
+    assert last_vector(worker, "item", "brand-new", min_ratings=1)["n_ratings"] == 1
+    # ids never announced on users/items: the first rating creates both (integer ids become strings)
+    worker.send("ratings", rating("new-r-2", 987654, "ghost-item", stars={"stars": 2, "thumbs": 0},
+                                  ts="2024-05-01T10:00:00Z", context={"device": "tv"}), key="987654")
+    assert last_vector(worker, "user", "987654", min_ratings=1)["n_ratings"] == 1
+    assert last_vector(worker, "item", "ghost-item", min_ratings=1)["n_ratings"] == 1
+    # the new item is in the catalogue: a fresh user can be recommended it
+    worker.send("requests", {"request_id": "q-new", "user_id": "someone-else", "n": 1000}, key="someone-else")
+    reply = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "q-new")[0][1]
+    assert {"brand-new", "ghost-item"} <= {x["item_id"] for x in reply["items"]}
+    assert len(reply["items"]) == len(rec.ids["item"]) + 2
+
+
+def test_requests_are_answered_with_their_id(worker, artifact):
+    user, _ = known_user(artifact, 1)
+    worker.send("requests", {"request_id": "q-1", "user_id": user, "n": 3}, key=user)
+    worker.send("requests", {"request_id": 77, "user_id": "nobody-at-all"}, key="nobody-at-all")
+    reply = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "q-1")[0]
+    assert reply[0] == user and reply[1]["user_id"] == user and len(reply[1]["items"]) == 3
+    assert set(reply[1]) == {"user_id", "items", "model_version", "ts", "request_id"}
+    cold = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "77")[0][1]
+    assert cold["user_id"] == "nobody-at-all" and len(cold["items"]) == TOP_N
+
+
+BAD_INPUTS = [  # (topic, payload, reason)
+    ("ratings", b'{"event_id": "b1", "user_id": "bad-1", "item_id"', "unparseable_json"),
+    ("ratings", b"\xff\xfe not utf-8", "unparseable_json"),
+    ("ratings", b'{"a":' * 5000 + b"1" + b"}" * 5000, "oversized"),
+    ("ratings", b"[" * 2000 + b"]" * 2000, "unparseable_json"),  # too deep: RecursionError
+    ("ratings", b'["a", "list"]', "not_an_object"),
+    ("ratings", b"", "unparseable_json"),
+    ("ratings", json.dumps(rating("b2", "bad-2", "i", ts=None)).encode(), "missing_field"),
+    ("ratings", json.dumps({"user_id": "bad-3", "item_id": "i", "rating": 3, "ts": TS}).encode(), "missing_field"),
+    ("ratings", json.dumps(rating("b4", "bad-4", "i", stars="five")).encode(), "bad_type"),
+    ("ratings", json.dumps(rating("b5", "bad-5", "i", context=[1, 2])).encode(), "bad_type"),
+    ("ratings", json.dumps(rating("b6", True, "i")).encode(), "bad_id"),
+    ("ratings", json.dumps(rating("b7", "bad-7", "x" * 300)).encode(), "bad_id"),
+    ("ratings", json.dumps(rating("b8", "bad-8", "i", ts="last tuesday")).encode(), "bad_timestamp"),
+    ("ratings", json.dumps(rating("b9", "bad-9", "i", ts=TS * 1000)).encode(), "bad_timestamp"),
+    ("ratings", json.dumps(rating("b10", "bad-10", "i", stars=9)).encode(), "rating_out_of_range"),
+    ("ratings", json.dumps(rating("b11", "bad-11", "i", stars={"stars": 4, "hearts": 2})).encode(), "unknown_rate"),
+    ("ratings", b"x" * (MAX_EVENT_BYTES + 1), "oversized"),
+    ("users", b'{"event_id": "bu", "user_id": "bad-u", "age": "old"}', "bad_type"),
+    ("users", b"null", "not_an_object"),
+    ("items", b'{"event_id": "bi", "genres": ["Drama"]}', "missing_field"),
+    ("items", b'{"event_id": "bi2", "item_id": "bad-i", "year": "1999"}', "bad_type"),
+    ("requests", b'{"request_id": "bq", "user_id": "bad-q", "n": 0}', "bad_type"),
+    ("requests", b'{"user_id": "bad-q"}', "missing_field"),
+]
+
+
+def test_bad_input_goes_to_dead_letters_and_the_worker_keeps_going(worker):
+    for topic, payload, _ in BAD_INPUTS:
+        worker.send(topic, payload, key="bad")
+    worker.send("ratings", rating("after-bad", "survivor", "survivor-item"), key="survivor")
+    assert last_vector(worker, "user", "survivor", min_ratings=1)["n_ratings"] == 1
+    letters = worker.wait_for("dead_letters", lambda k, v: True, count=len(BAD_INPUTS))
+    assert len(letters) == len(BAD_INPUTS)
+    by_source: dict[str, list] = {}
+    for _, letter in letters:
+        assert {"source_topic", "partition", "offset", "raw", "reason", "ts"} <= set(letter)
+        by_source.setdefault(letter["source_topic"], []).append(letter)
+    for name in ("ratings", "users", "items", "requests"):
+        expected = [reason for topic, _, reason in BAD_INPUTS if topic == name]
+        got = [letter["reason"] for letter in sorted(by_source[worker.topics[name]], key=lambda d: d["offset"])]
+        assert got == expected, name
+    oversized = next(d for d in letters if d[1]["reason"] == "oversized" and d[1]["raw"].startswith("xxx"))[1]
+    assert "truncated" in oversized["raw"] and len(oversized["raw"]) < MAX_EVENT_BYTES + 100
+    assert any(d[1]["raw"].startswith("\ufffd\ufffd not utf-8") for d in letters)
+    text = worker.metrics_text()
+    assert 'recsys_dead_letters_total{reason="unknown_rate"} 1.0' in text
+    assert f'recsys_events_total{{outcome="dead_letter",topic="{worker.topics["ratings"]}"}}' in text
+
+
+def test_duplicate_event_id_changes_nothing(worker):
+    worker.send("ratings", rating("dup-1", "dupuser", "dup-item", stars=2), key="dupuser")
+    first = last_vector(worker, "user", "dupuser", min_ratings=1)
+    worker.send("ratings", rating("dup-1", "dupuser", "dup-item", stars=2), key="dupuser")
+    worker.send("ratings", rating("dup-1", "dupuser", "other-item", stars=5), key="dupuser")  # same id, new body
+    worker.send("ratings", rating("dup-2", "dupuser", "dup-item-2", stars=4), key="dupuser")
+    second = last_vector(worker, "user", "dupuser", min_ratings=2)
+    assert second["n_ratings"] == 2
+    worker.settle(1.0)
+    updates = [v for k, v in worker.received["user_vectors"] if k == "dupuser"]
+    assert [v["n_ratings"] for v in updates] == [1, 2], "a duplicate produced an update"
+    assert first["vector"] != second["vector"]
+    assert [v["n_ratings"] for k, v in worker.received["item_vectors"] if k == "dup-item"] == [1]
+    assert not [v for k, v in worker.received["item_vectors"] if k == "other-item"]
+    text = worker.metrics_text()
+    assert f'recsys_events_total{{outcome="duplicate",topic="{worker.topics["ratings"]}"}} 2.0' in text
+
+
+def test_a_misrouted_event_is_rekeyed_and_processed(worker):
+    worker.send("ratings", rating("nokey-1", "keyless-user", "keyless-item"), key=None)
+    worker.send("ratings", rating("wrongkey-1", "keyless-user", "keyless-item-2"), key="some-other-key")
+    assert last_vector(worker, "user", "keyless-user", min_ratings=2)["n_ratings"] == 2
+
+
+def test_metrics_page_serves_the_metric_names(worker, artifact):
+    text = worker.metrics_text()
+    for name in ("recsys_events_total", "recsys_dead_letters_total", "recsys_foldin_batch_seconds_bucket",
+                 "recsys_event_to_publish_seconds_bucket", "recsys_model_info", "recsys_batch_events_bucket",
+                 "recsys_foldin_batch_entities_bucket", "recsys_catalogue_items", "recsys_recommend_seconds_count"):
+        assert name in text, name
+    assert f'recsys_model_info{{model_version="{artifact[1].model_version}"}} 1.0' in text
+    assert 'recsys_foldin_batch_seconds_count{side="user"}' in text
+    assert 'recsys_event_to_publish_seconds_count{output="item_vector"}' in text
+
+
+def test_restart_keeps_windows_with_and_without_the_local_store(worker):
+    import shutil
+
+    worker.send("ratings", rating("keep-1", "keeper", "keep-item"), key="keeper")
+    worker.send("ratings", rating("keep-2", "keeper", "keep-item-2"), key="keeper")
+    assert last_vector(worker, "user", "keeper", min_ratings=2)["n_ratings"] == 2
+    assert last_vector(worker, "item", "keep-item", min_ratings=1)["n_ratings"] == 1
+    worker.settle(0.5)
+    assert worker.stop() == 0
+    worker.start()  # same store folder
+    worker.send("ratings", rating("keep-2", "keeper", "keep-item-2"), key="keeper")  # still a duplicate
+    worker.send("ratings", rating("keep-3", "keeper", "keep-item"), key="keeper")
+    assert last_vector(worker, "user", "keeper", min_ratings=3)["n_ratings"] == 3
+    assert last_vector(worker, "item", "keep-item", min_ratings=2)["n_ratings"] == 2
+    assert worker.stop() == 0
+    shutil.rmtree(worker.store)  # the local RocksDB store is gone: everything comes back from the changelogs
+    worker.start()
+    worker.send("ratings", rating("keep-3", "keeper", "keep-item"), key="keeper")  # still a duplicate
+    worker.send("ratings", rating("keep-4", "keeper", "keep-item-3"), key="keeper")
+    assert last_vector(worker, "user", "keeper", min_ratings=4)["n_ratings"] == 4
+    assert last_vector(worker, "item", "keep-item", min_ratings=2)["n_ratings"] == 2
+    assert last_vector(worker, "user", "dupuser", min_ratings=2)["n_ratings"] == 2
+    worker.settle(1.0)
+    counts = [v["n_ratings"] for k, v in worker.received["user_vectors"] if k == "keeper"]
+    assert counts[-3:] == [2, 3, 4] and counts == sorted(set(counts)), "an event was applied twice"
+    # the catalogue came back too: the brand-new item of an earlier test is still recommended
+    worker.send("requests", {"request_id": "q-after-restart", "user_id": "fresh", "n": 1000}, key="fresh")
+    reply = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "q-after-restart")[0][1]
+    assert "brand-new" in {x["item_id"] for x in reply["items"]}
