@@ -54,6 +54,9 @@ class Settings:
     max_event_bytes: int = _setting(65536, "larger payloads go to dead-letters", "stream")
     store_dir: str = _setting("stores", "RocksDB table store folder", "stream")
     web_port: int = _setting(6066, "worker web port (serves /metrics)", "stream")
+    session_timeout: float = _setting(
+        6.0, "worker consumer-group session timeout (s): a dead worker's partitions move after this long; "
+        "tansu also holds every group join for about half of it", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

@@ -64,6 +64,7 @@ class Worker:
                         RECSYS_APP_ID=self.app_id, RECSYS_PARTITIONS=str(PARTITIONS),
                         RECSYS_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES), RECSYS_TOP_N=str(TOP_N),
                         RECSYS_WINDOW_USER="8", RECSYS_WINDOW_ITEM="8", RECSYS_BATCH_TIMEOUT="0.02",
+                        RECSYS_SESSION_TIMEOUT="2",  # tansu holds a group join for about half of it
                         OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for name, topic in self.topics.items():
             self.env[f"RECSYS_TOPIC_{name.upper()}"] = topic

@@ -70,8 +70,11 @@ def test_bootstrapped_item_window_carries_rater_vectors(rec, svc):
     entry = s["window"][-1]
     rater = rec.index["user"][entry[0]]
     assert len(entry) == 6
-    assert np.allclose(entry[4], rec.vectors["user"][rater], atol=1e-6)
-    assert np.allclose(entry[5], rec.features["user"][rater])
+    assert np.array_equal(st.unpack_vector(entry[4]), rec.vectors["user"][rater])
+    dense = np.zeros(rec.schema.user_dim, np.float32)
+    for k, value in entry[5]:
+        dense[k] = value
+    assert np.allclose(dense, rec.features["user"][rater]) and len(entry[5]) < rec.schema.user_dim
 
 
 def test_user_fold_in_is_one_call_and_matches_the_recommender(rec, svc, monkeypatch):

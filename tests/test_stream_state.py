@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from stream_app.stream import state as st
 
 
@@ -37,6 +39,16 @@ def test_dedup_horizon_is_bounded():
         st.add_rating(s, f"e{k}", "i", [0.0, 0.0], k, window=2)
     assert len(s["seen"]) == horizon
     assert st.is_duplicate(s, st.RATING + f"e{horizon + 9}") and not st.is_duplicate(s, st.RATING + "e0")
+    assert all(len(d) == 12 for d in s["seen"])
+
+
+def test_long_ids_do_not_bloat_the_state_and_vectors_pack_exactly():
+    s = st.new_state()
+    st.add_rating(s, "x" * 256, "i", [0.0, 0.0], 1, window=4)
+    assert st.is_duplicate(s, st.RATING + "x" * 256) and len(json.dumps(s["seen"])) < 20
+    v = np.array([0.1, -2.5, 1e-7, 3.0], np.float32)
+    packed = st.pack_vector(v)
+    assert isinstance(packed, str) and np.array_equal(st.unpack_vector(packed), v)
 
 
 def test_side_data_merges_and_state_is_plain_json():

@@ -96,8 +96,8 @@ class ItemUpdate(_Plain):
     user_id: str
     rates: list
     ts: float
-    user_vector: list  # the rater's vector right after this rating was folded in
-    user_features: list  # the rater's encoded side data
+    user_vector: str  # the rater's vector right after this rating was folded in (state.pack_vector)
+    user_features: list  # the rater's encoded side data, sparse [[index, value], ...]
 
 
 class UserVectorUpdate(_Plain):

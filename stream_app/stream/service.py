@@ -21,7 +21,15 @@ import numpy as np
 
 from stream_app.core.catalogue import Catalogue
 from stream_app.core.foldin import Recommender
-from stream_app.stream.state import State, new_state, rated_ids, rounded, set_vector, window_columns
+from stream_app.stream.state import (
+    State,
+    new_state,
+    pack_vector,
+    rated_ids,
+    set_vector,
+    unpack_vector,
+    window_columns,
+)
 
 ROWS_PER_PREDICT = 262_144  # (user, item) pairs scored per predictor call
 
@@ -79,7 +87,7 @@ class FoldInService:
         else:
             others = h.user[last] if len(last) else []
             ids, vecs, feats = self.rec.ids["user"], self.rec.vectors["user"], self.rec.features["user"]
-            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), rounded(vecs[o]), rounded(feats[o])]
+            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), pack_vector(vecs[o]), sparse(feats[o])]
                                for o, r, t in zip(others, rates, h.ts[last], strict=True)]
         state["n_ratings"] = int(len(rows))
         set_vector(state, self.rec.vectors[side][index], self.model_version)
@@ -146,8 +154,12 @@ class FoldInService:
         for iid in ids:
             win = states[iid]["window"]
             others, rates, ts = window_columns(states[iid])
-            vecs = np.asarray([e[4] for e in win], np.float32).reshape(len(win), self.n_dim)
-            feats = np.asarray([e[5] for e in win], np.float32).reshape(len(win), self.schema.user_dim)
+            vecs = np.zeros((len(win), self.n_dim), np.float32)
+            feats = np.zeros((len(win), self.schema.user_dim), np.float32)
+            for j, entry in enumerate(win):
+                vecs[j] = unpack_vector(entry[4])
+                for k, value in entry[5]:
+                    feats[j, k] = value
             record_sets.append(self._records("item", vecs, feats, ts, rates))
             side_data.append(self.features("item", iid, states[iid]))
         out = self.rec.fold_in("item", record_sets, np.stack(side_data), entity_keys=ids)
@@ -165,9 +177,9 @@ class FoldInService:
     def fold_in(self, side: str, states: dict[str, State]) -> dict[str, np.ndarray]:
         return self.fold_in_users(states) if side == "user" else self.fold_in_items(states)
 
-    def item_rater_columns(self, user_id: str, user_state: State, vector) -> tuple[list[float], list[float]]:
-        """What an item window entry keeps of its rater: its (new) vector and encoded side data."""
-        return rounded(vector), rounded(self.features("user", user_id, user_state))
+    def item_rater_columns(self, user_id: str, user_state: State | None, vector) -> tuple[str, list]:
+        """What an item window entry keeps of its rater: its (new) vector (packed) and encoded side data (sparse)."""
+        return pack_vector(vector), sparse(self.features("user", user_id, user_state))
 
     # ---------------------------------------------------------------------------------------- top-N
 
@@ -219,6 +231,11 @@ class FoldInService:
                 top = top[np.argsort(-row[top], kind="stable")]
                 results.append([(ids[i], float(row[i])) for i in top])
         return results
+
+
+def sparse(features) -> list[list]:
+    """Encoded side data as [[index, value], ...] of its non-zero entries (mostly one-hot: a few pairs)."""
+    return [[int(k), round(float(features[k]), 6)] for k in np.flatnonzero(features)]
 
 
 def _rates_array(rates: list[list[float | None]]) -> np.ndarray:
