@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream_app.errors import RecsysError
@@ -48,9 +49,11 @@ def no_reply_message(timeout: float) -> str:
 
 
 def request_recommendations(settings, user_id: str, n: int | None = None, timeout: float = 15.0,
-                            producer=None) -> Reply:
-    """Send one request and wait for its reply; raises NoReply after `timeout` seconds."""
-    from stream_app.clients import END, TopicReader, WaitTimeout, bootstrap_servers, ensure_topics, json_producer
+                            producer=None, check: Callable[[], None] | None = None) -> Reply:
+    """Send one request and wait for its reply; raises NoReply after `timeout` seconds.
+
+    `check()` is called between polls (e.g. to raise if the worker process died)."""
+    from stream_app.clients import END, TopicReader, bootstrap_servers, ensure_topics, json_producer
 
     bootstrap = bootstrap_servers(settings)
     n = settings.top_n if n is None else int(n)
@@ -65,11 +68,15 @@ def request_recommendations(settings, user_id: str, n: int | None = None, timeou
             started = time.perf_counter()
             producer.send(settings.topic_requests, key=str(user_id),
                           value={"request_id": request_id, "user_id": str(user_id), "n": n}).get(timeout=10)
-            try:
-                record = reader.wait_for(lambda r: isinstance(r.value, dict)
-                                         and r.value.get("request_id") == request_id, timeout)
-            except WaitTimeout:
-                raise NoReply(no_reply_message(timeout)) from None
+            record = None
+            while record is None:
+                waited = time.perf_counter() - started
+                if waited >= timeout:
+                    raise NoReply(no_reply_message(timeout))
+                if check is not None:
+                    check()
+                record = next((r for r in reader.poll(min(0.5, timeout - waited))
+                               if isinstance(r.value, dict) and r.value.get("request_id") == request_id), None)
             seconds = time.perf_counter() - started
         finally:
             if own_producer:
