@@ -22,17 +22,18 @@ An input event that sits on the wrong partition for its id (a producer that keye
 else, or not at all) is sent again to the same topic keyed by its id and skipped (outcome
 "rekeyed"); otherwise two workers could own the same user.
 
-Known limitation: each worker's catalogue holds the artifact's items plus the items whose vectors
-*this* worker computed (rebuilt from its item table after recovery). With several workers, an item
-created or updated on another worker is folded in there with its latest vector, but this worker
-keeps the old one (or, for a brand-new item, scores it only once one of its ratings is
-seen here, with a cold vector) until it processes that item itself.
+Every worker scores top-N lists over the whole catalogue, while an item's vector is computed by the
+worker that owns its partition. So the item processor also writes each new item vector and side data
+to `<app_id>-catalogue` (keyed by item id, compacted where the broker compacts), and every worker reads
+all of that topic, from the start, outside the consumer group (`CatalogueSync`): a worker that starts
+or restarts gets every item back, and sees other workers' items within moments.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import weakref
@@ -40,6 +41,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import faust
+import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event  # see event_context()
 
@@ -48,7 +50,7 @@ from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import state as st
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
-from stream_app.stream.service import FoldInService, Query
+from stream_app.stream.service import FoldInService, Query, sparse
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,19 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         key_serializer="raw",
         value_serializer="json",
         autodiscover=False,
-        producer_linger=0.005,  # a few ms of batching: far fewer produce requests when a batch publishes a lot
+        **producer_options(settings.producer_batching),
         table_standby_replicas=0,
         **consumer_timeouts(settings.session_timeout),
     )
+
+
+def producer_options(batching: bool) -> dict[str, Any]:
+    """One record per batch unless batching is allowed: tansu reports a partition's end offset as the
+    first offset of its last batch + 1, and Faust recovers a changelog only up to that end offset (and
+    refuses to start when its local store is "ahead" of it)."""
+    if batching:
+        return dict(producer_linger=0.005)  # a few ms: far fewer produce requests when a batch publishes a lot
+    return dict(producer_max_batch_size=1)  # aiokafka always accepts the first record of a batch
 
 
 def consumer_timeouts(session_timeout: float) -> dict[str, float]:
@@ -86,6 +97,10 @@ def consumer_timeouts(session_timeout: float) -> dict[str, float]:
 
 def internal_topic(settings: Settings) -> str:
     return f"{settings.app_id}-item-updates"
+
+
+def catalogue_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-catalogue"
 
 
 @contextlib.contextmanager
@@ -131,6 +146,7 @@ class Runtime:
         self.item_vectors = app.topic(s.topic_item_vectors, **out)
         self.recommendations = app.topic(s.topic_recommendations, **out)
         self.dead_letters = app.topic(s.topic_dead_letters, **out)
+        self.catalogue_updates = app.topic(catalogue_topic(s), **out)
         table = dict(partitions=s.partitions, key_type=str, value_type=None, default=None,
                      options={"driver": "rocksdict"})
         self.users = app.Table("users", help="per-user serving state (stream/state.py)", **table)
@@ -140,6 +156,7 @@ class Runtime:
         app.agent(self.user_inputs, name="user-processor")(self.user_agent)
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
+        app.task(self.sync_catalogue)
 
         async def metrics_page(web, request):
             return web.bytes(self.metrics.render(), content_type=CONTENT_TYPE)
@@ -168,6 +185,12 @@ class Runtime:
         create_topics(bootstrap, wanted, replication_factor=s.replication_factor)
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{s.app_id}-setup")
         try:
+            if catalogue_topic(s) not in admin.list_topics():
+                from kafka.admin import NewTopic
+
+                with contextlib.suppress(Exception):  # created meanwhile by another worker
+                    admin.create_topics([NewTopic(catalogue_topic(s), s.partitions, s.replication_factor,
+                                                  topic_configs={"cleanup.policy": "compact"})])
             described = admin.describe_topics([s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items,
                                                internal_topic(s)])
         finally:
@@ -333,6 +356,7 @@ class Runtime:
         dirty: dict[str, Any] = {}
         to_fold: dict[str, st.State] = {}
         sources: dict[str, list] = {}
+        side_only: list[str] = []
         for iid, entries in groups.items():
             with event_context(entries[0][2]):
                 stored = self.items.get(iid)
@@ -357,6 +381,7 @@ class Runtime:
                 self.count(event, "ok" if fresh else "duplicate")
             if side_changed and iid not in to_fold:  # rated item: its vector stays, its side data changes
                 svc.catalogue.upsert(iid, features=svc.features("item", iid, state))
+                side_only.append(iid)
         vectors, failed = self._fold("item", to_fold)
         for iid in failed:
             await self._reject_entity(groups[iid], "item")
@@ -371,7 +396,48 @@ class Runtime:
             await self._publish(self.item_vectors, iid,
                                 ev.vector_update("item", iid, state["vector"], state["n_ratings"], self.model_version),
                                 sources.get(iid, []), "item_vector")
+        for iid in [*vectors, *side_only]:
+            if states[iid].get("vector") is not None:
+                await self.catalogue_updates.send(key=iid.encode(), value=self.catalogue_entry(iid, states[iid]))
         self.metrics.catalogue_items.set(len(svc.catalogue))
+
+    def catalogue_entry(self, item_id: str, state: st.State) -> dict:
+        return {"vector": st.pack_vector(state["vector"]),
+                "features": sparse(self.service.features("item", item_id, state))}
+
+    def apply_catalogue_entry(self, item_id: str, entry: dict) -> None:
+        features = np.zeros(self.service.schema.item_dim, np.float32)
+        for k, value in entry["features"]:
+            features[k] = value
+        self.service.catalogue.upsert(item_id, st.unpack_vector(entry["vector"]), features)
+
+    async def sync_catalogue(self) -> None:
+        """Follow `<app_id>-catalogue` from its start, outside the consumer group, into this worker's catalogue."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from stream_app.broker import bootstrap_from_url
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_from_url(s.broker_url), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    client_id=f"{s.app_id}-catalogue-sync")
+        await consumer.start()
+        try:
+            parts = [TopicPartition(catalogue_topic(s), p) for p in range(s.partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                for records in batches.values():
+                    for record in records:
+                        try:
+                            self.apply_catalogue_entry(record.key.decode(), json.loads(record.value))
+                        except Exception:  # noqa: BLE001 (one bad entry must not stop the sync)
+                            log.exception("bad catalogue entry at %s@%s", record.partition, record.offset)
+                if batches:
+                    self.metrics.catalogue_items.set(len(self.service.catalogue))
+        finally:
+            await consumer.stop()
 
     async def rebuild_catalogue(self) -> None:
         """After recovery: put the items of this worker's table partitions back in the catalogue."""
