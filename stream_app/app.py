@@ -157,6 +157,8 @@ class Runtime:
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
         app.task(self.sync_catalogue)
+        app.on_partitions_assigned.connect(self.on_assigned)
+        app.on_partitions_revoked.connect(self.on_revoked)
 
         async def metrics_page(web, request):
             return web.bytes(self.metrics.render(), content_type=CONTENT_TYPE)
@@ -201,6 +203,14 @@ class Runtime:
                 raise RecsysError(f"topic {topic['topic']!r} has {n} partitions but the tables have "
                                   f"{s.partitions}: set RECSYS_PARTITIONS={n} (and a new RECSYS_APP_ID) or "
                                   f"recreate the topic")
+
+    async def on_assigned(self, sender, assigned, **kwargs) -> None:
+        for name in (self.settings.topic_ratings, self.settings.topic_items):
+            self.metrics.assigned_partitions.labels(topic=name).set(sum(1 for tp in assigned if tp.topic == name))
+
+    async def on_revoked(self, sender, revoked, **kwargs) -> None:
+        for name in (self.settings.topic_ratings, self.settings.topic_items):
+            self.metrics.assigned_partitions.labels(topic=name).set(0)
 
     def home_partition(self, topic: str, entity_id: str) -> int | None:
         n = self.app.consumer.topic_partitions(topic) or self.settings.partitions

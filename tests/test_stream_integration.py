@@ -55,9 +55,10 @@ def artifact(tmp_path_factory):
 class Worker:
     """`recsys worker` in a subprocess, its topics, a producer and a reader of every output topic."""
 
-    def __init__(self, broker, artifact_path: Path, root: Path):
+    def __init__(self, broker, artifact_path: Path, root: Path, like: Worker | None = None):
+        """like: another Worker of the same app (same topics and consumer group), with its own store."""
         self.broker, self.root = broker, root
-        suffix = uuid.uuid4().hex[:8]
+        suffix = like.app_id.split("-")[-1] if like else uuid.uuid4().hex[:8]
         self.topics = {name: f"{name.replace('_', '-')}-{suffix}" for name in INPUTS + OUTPUTS}
         self.app_id = f"itest-{suffix}"
         self.env = dict(os.environ, RECSYS_BROKER_URL=broker.url, RECSYS_ARTIFACTS_DIR=str(artifact_path),
@@ -81,7 +82,8 @@ class Worker:
         self._assigned = False
 
     # -- process
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, alone: bool = True) -> None:
+        """Start and wait for /metrics; alone: also wait until this worker owns every input partition."""
         self.starts += 1
         self.port = free_port()
         self.env["RECSYS_STORE_DIR"] = str(self.store)
@@ -95,11 +97,13 @@ class Worker:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                self.metrics_text()
+                owned = self.owned_partitions()
+            except OSError:
+                owned = -1
+            if owned == PARTITIONS or (owned >= 0 and not alone):
                 self.ensure_assigned()
                 return
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -120,6 +124,16 @@ class Worker:
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
             return response.read().decode()
+
+    def metric(self, series: str) -> float:
+        """The value of one series, e.g. 'recsys_events_total{outcome="ok",topic="x"}' (0 if absent)."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def owned_partitions(self) -> int:
+        return int(self.metric(f'recsys_assigned_partitions{{topic="{self.topics["ratings"]}"}}'))
 
     # -- kafka
     def ensure_assigned(self) -> None:
@@ -381,3 +395,46 @@ def test_restart_keeps_windows_with_and_without_the_local_store(worker):
     worker.send("requests", {"request_id": "q-after-restart", "user_id": "fresh", "n": 1000}, key="fresh")
     reply = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "q-after-restart")[0][1]
     assert "brand-new" in {x["item_id"] for x in reply["items"]}
+
+
+def test_two_workers_share_partitions_tables_and_catalogue(worker, artifact, kafka_broker, tmp_path):
+    other = Worker(kafka_broker, artifact[0], tmp_path, like=worker)
+    try:
+        other.start(alone=False)
+        deadline = time.monotonic() + 60
+        while not (0 < worker.owned_partitions() < PARTITIONS
+                   and worker.owned_partitions() + other.owned_partitions() == PARTITIONS):
+            assert time.monotonic() < deadline, f"no rebalance:\n{other.log_tail()}"
+            time.sleep(0.2)
+        ratings = f'recsys_events_total{{outcome="ok",topic="{worker.topics["ratings"]}"}}'
+        before = {"a": worker.metric(ratings), "b": other.metric(ratings)}
+        items = [f"team-item-{k}" for k in range(8)]
+        users = [f"team-user-{k}" for k in range(16)]
+        for k, item in enumerate(items):
+            worker.send("items", {"event_id": f"ti-{k}", "item_id": item, "genres": ["Comedy"]}, key=item)
+        for k, user in enumerate(users):
+            for j in (k % 8, (k + 3) % 8):
+                worker.send("ratings", rating(f"tr-{k}-{j}", user, items[j], stars=1 + j % 5), key=user)
+        for user in users:
+            assert last_vector(worker, "user", user, min_ratings=2)["n_ratings"] == 2
+        for item in items:
+            last_vector(worker, "item", item, min_ratings=4)
+        assert worker.metric(ratings) > before["a"] and other.metric(ratings) > before["b"], "one worker did it all"
+        # every worker recommends every item, wherever its vector was computed
+        for k, user in enumerate(users):
+            worker.send("requests", {"request_id": f"team-q-{k}", "user_id": user, "n": 1000}, key=user)
+        for k, _ in enumerate(users):
+            reply = worker.wait_for("recommendations", lambda key, v, k=k: v.get("request_id") == f"team-q-{k}")[0][1]
+            rated = {items[k % 8], items[(k + 3) % 8]}
+            assert set(items) - rated <= {x["item_id"] for x in reply["items"]}, k
+        assert other.stop() == 0
+    finally:
+        other.close()
+    deadline = time.monotonic() + 60
+    while worker.owned_partitions() != PARTITIONS:  # the survivor takes every partition back
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    for k, user in enumerate(users):
+        worker.send("ratings", rating(f"tr-{k}-late", user, items[(k + 5) % 8]), key=user)
+    for user in users:  # the windows written by the other worker came back from the changelog
+        assert last_vector(worker, "user", user, min_ratings=3)["n_ratings"] == 3

@@ -12,6 +12,7 @@
     recsys_model_info{model_version}           1 for the model being served
     recsys_table_entries{table}                entities in this worker's tables (its own partitions)
     recsys_catalogue_items                     items this worker can recommend
+    recsys_assigned_partitions{topic}          input partitions this worker owns now (ratings, items)
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class StreamMetrics:
         self.table_entries = Gauge("recsys_table_entries", "Entities held in this worker's table partitions",
                                    ["table"], registry=r)
         self.catalogue_items = Gauge("recsys_catalogue_items", "Items this worker can recommend", registry=r)
+        self.assigned_partitions = Gauge("recsys_assigned_partitions", "Input partitions this worker owns now",
+                                         ["topic"], registry=r)
 
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()
