@@ -54,7 +54,6 @@ from stream_app.stream.service import FoldInService, Query, sparse
 
 log = logging.getLogger(__name__)
 
-PROCESSING_ERROR = "processing_error"  # dead-letter reason: a valid event the model could not process
 REKEYED_HEADER = "recsys-rekeyed"
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -472,7 +471,7 @@ class Runtime:
                 continue
             except Exception as exc:  # noqa: BLE001 (a parser bug must not stop the worker)
                 log.exception("unexpected error parsing %s", event.message.topic)
-                await self.dead_letter(event, EventError(PROCESSING_ERROR, repr(exc)[:300]))
+                await self.dead_letter(event, EventError(ev.PROCESSING_ERROR, repr(exc)[:300]))
                 continue
             if event.message.topic in self.raw_topics and not self.on_home_partition(event, entity_id):
                 await self.rekey(event, entity_id)
@@ -503,12 +502,12 @@ class Runtime:
 
     async def _reject_entity(self, entries: list, side: str) -> None:
         for _, _, event in entries:
-            await self.dead_letter(event, EventError(PROCESSING_ERROR, f"{side} fold-in failed"))
+            await self.dead_letter(event, EventError(ev.PROCESSING_ERROR, f"{side} fold-in failed"))
 
     async def _dead_letter_all(self, events: list) -> None:
         for event in events:
             with contextlib.suppress(Exception):
-                await self.dead_letter(event, EventError(PROCESSING_ERROR, "the batch failed; see the worker log"))
+                await self.dead_letter(event, EventError(ev.PROCESSING_ERROR, "the batch failed; see the worker log"))
 
     async def _publish(self, topic, key: str, value, sources: list, output: str) -> None:
         await topic.send(key=key.encode(), value=value)

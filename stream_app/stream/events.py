@@ -18,6 +18,8 @@ Dead-letter reasons (the one place they are defined):
   bad_timestamp        ts is neither finite epoch seconds between 1900 and 2100 nor an ISO 8601 string
   rating_out_of_range  stars outside the model's rating scale, or thumbs other than 0/1
   unknown_rate         a rate name the model does not know (known: stars, thumbs)
+  processing_error     not a parsing outcome: a valid-looking event the worker failed to process (a bug or
+                       a poisoned model input); the worker logs the traceback and goes on
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ BAD_ID = "bad_id"
 BAD_TIMESTAMP = "bad_timestamp"
 RATING_OUT_OF_RANGE = "rating_out_of_range"
 UNKNOWN_RATE = "unknown_rate"
+PROCESSING_ERROR = "processing_error"
 REASONS = (OVERSIZED, UNPARSEABLE_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_TYPE, BAD_ID, BAD_TIMESTAMP,
-           RATING_OUT_OF_RANGE, UNKNOWN_RATE)
+           RATING_OUT_OF_RANGE, UNKNOWN_RATE, PROCESSING_ERROR)
 
 MAX_ID_CHARS = 256
 MIN_TS = -2_208_988_800.0  # 1900-01-01T00:00:00Z
