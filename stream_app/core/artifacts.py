@@ -66,7 +66,7 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
             "dims": rec.model.dims,
             "schema": rec.schema.to_dict(),
             "ids": rec.ids,
-            "breathing_offset": {"user": rec.model.user_offset.tolist(), "item": rec.model.item_offset.tolist()},
+            "breathing_offset": {s: rec.model.offset(s).tolist() for s in ("user", "item")},
             "metrics": metrics or {},
             "data": _data_summary(rec, data_name),
             "files": {WEIGHTS: weights_sha, VECTORS: _sha256(tmp / VECTORS)},

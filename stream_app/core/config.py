@@ -43,6 +43,9 @@ class ModelConfig:
     # ID refinement
     smoothing: float = 0.5  # step toward the breathing-corrected target, 1 = jump
     breathing: bool = True  # remove the common drift of all codes before moving
+    # Decorrelate the vectors to equal spread after each move (an anti-collapse option). Measured on
+    # ML-100K u1 together with product features: test RMSE 0.9678 vs 0.9203 without; off by default.
+    whiten: bool = False
     init_scale: float = 0.3  # random initial ID vectors ~ U(-s, s)
     # serving
     cold_ridge: float = 1.0  # ridge penalty of the side-data -> vector cold-start regression

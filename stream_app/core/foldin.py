@@ -1,7 +1,7 @@
 """The serving API: fold-in of users and items with the frozen encoders, prediction, top-N.
 
 Nothing here takes a gradient step. An entity's vector is the mean of K codes of random
-M-subsets of its ratings, minus the breathing offset frozen at training time; an entity with
+M-subsets of its ratings, corrected by the breathing map frozen at training time; an entity with
 no ratings gets its cold-start vector from side data. Sampling is seeded per entity (from the
 seed and the entity's index), so a vector does not depend on which batch it was folded in.
 """
@@ -93,7 +93,7 @@ class Recommender:
             seeds = [entity_seed(seed, side, keys[i]) for i in torch.nonzero(has).flatten().tolist()]
             codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
                                     self.model.config.k_samples, seeds=seeds)
-            out[has] = codes.mean(dim=1) - self.model.offset(side)
+            out[has] = self.model.to_vector(side, codes.mean(dim=1))
         return out.numpy()
 
     def cold_vector(self, side: str, side_dict: dict) -> np.ndarray:

@@ -27,8 +27,13 @@ class AEVecModel(nn.Module):
         self.user_decoder = dec(user_record, m, h, n, p, rates_dim)
         self.item_decoder = dec(item_record, m, h, n, p, rates_dim)
         self.predictor = Predictor(n, user_dim, item_dim, context_dim, config.predictor_hidden, p, rates_dim)
-        self.register_buffer("user_offset", torch.zeros(n))
-        self.register_buffer("item_offset", torch.zeros(n))
+        # Breathing correction, frozen at training time: vector = center + (code - offset - center) @ whiten.
+        # offset is the common drift of all codes; whiten (identity unless config.whiten) keeps the
+        # dimensions decorrelated and of equal spread, so refinement cannot collapse onto a few directions.
+        for side in ("user", "item"):
+            self.register_buffer(f"{side}_offset", torch.zeros(n))
+            self.register_buffer(f"{side}_center", torch.zeros(n))
+            self.register_buffer(f"{side}_whiten", torch.eye(n))
         self.register_buffer("user_cold", torch.zeros(user_dim + 1, n))
         self.register_buffer("item_cold", torch.zeros(item_dim + 1, n))
 
@@ -39,7 +44,17 @@ class AEVecModel(nn.Module):
         return self.user_decoder if side == "user" else self.item_decoder
 
     def offset(self, side: str) -> torch.Tensor:
-        return self.user_offset if side == "user" else self.item_offset
+        return getattr(self, f"{side}_offset")
+
+    def to_vector(self, side: str, mean_code: torch.Tensor) -> torch.Tensor:
+        """The breathing-corrected ID vector of an entity from the mean of its codes."""
+        center = getattr(self, f"{side}_center")
+        return center + (mean_code - self.offset(side) - center) @ getattr(self, f"{side}_whiten")
+
+    def set_breathing(self, side: str, offset: torch.Tensor, center: torch.Tensor, whiten: torch.Tensor) -> None:
+        self.offset(side).copy_(offset)
+        getattr(self, f"{side}_center").copy_(center)
+        getattr(self, f"{side}_whiten").copy_(whiten)
 
     def cold_vectors(self, side: str, data: torch.Tensor) -> torch.Tensor:
         """Cold start: a ridge regression from side data to the trained vectors."""

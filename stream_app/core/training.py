@@ -158,7 +158,7 @@ class Trainer:
             entity = td.entity[side][rows]
             codes, subset, mask = self._encode_subsets(td, side, records[side], entity, rows)
             recon = recon + self.model.decoder(side).loss(codes, subset, mask)
-            vectors[side] = codes.mean(dim=1) - self.model.offset(side)
+            vectors[side] = self.model.to_vector(side, codes.mean(dim=1))
         out = self.model.predictor(vectors["user"], td.features["user"][td.entity["user"][rows]],
                                    vectors["item"], td.features["item"][td.entity["item"][rows]],
                                    td.context[rows])
@@ -225,11 +225,29 @@ class Trainer:
         drift = (targets[has] - table[has]).mean(dim=0) if self.config.breathing else torch.zeros_like(table[0])
         step = targets[has] - drift - table[has]
         table[has] += self.config.smoothing * step
-        self.model.offset(side).copy_(drift)
-        loo[side] = loo_targets - drift
+        center, whiten = self._whitening(table[has])
+        table[has] = center + (table[has] - center) @ whiten
+        self.model.set_breathing(side, drift, center, whiten)
+        loo[side] = self.model.to_vector(side, loo_targets)
         self.model.train()
         convergence = float(step.norm(dim=1).mean() / table[has].norm(dim=1).mean().clamp(min=1e-8))
         return convergence, float(table[has].std(dim=0).mean())
+
+    def _whitening(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(center, ZCA matrix) giving every dimension the mean spread, decorrelated; identity if off.
+
+        Without it, alternating encode/refine acts like power iteration on the rating matrix and
+        drifts toward its dominant (bias-like) direction; whitening makes it a subspace iteration."""
+        n = vectors.shape[1]
+        center = vectors.mean(dim=0)
+        if not self.config.whiten or len(vectors) <= n:
+            return torch.zeros(n, device=vectors.device), torch.eye(n, device=vectors.device)
+        centered = (vectors - center).double()
+        cov = centered.T @ centered / len(vectors)
+        evals, evecs = torch.linalg.eigh(cov)
+        target_std = evals.clamp(min=0).sqrt().mean()
+        inv_sqrt = evals.clamp(min=1e-6 * float(evals.max())).rsqrt()
+        return center, ((evecs * (inv_sqrt * target_std)) @ evecs.T).float()
 
     def _targets(self, td: TrainingData, side: str, records: torch.Tensor, budget: int = 2_000_000):
         """Mean of K codes for every entity with ratings, and per rating row the mean of the codes
