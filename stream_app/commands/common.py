@@ -41,7 +41,8 @@ def add_config_flags(parser) -> None:
 
 
 def config_from_args(args) -> ModelConfig:
-    base = ModelConfig.from_file(args.config).to_dict() if args.config else ModelConfig().to_dict()
+    config_file = getattr(args, "config", None)
+    base = ModelConfig.from_file(config_file).to_dict() if config_file else ModelConfig().to_dict()
     for name in base:
         value = getattr(args, f"cfg_{name}", None)
         if value is not None:
