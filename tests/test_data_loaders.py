@@ -142,7 +142,7 @@ def replace_line(path, lineno, text, encoding="latin-1"):
 @pytest.mark.parametrize(
     ("dataset", "filename", "lineno", "bad_line", "loader"),
     [
-        ("ml-100k", "u.data", 3, "2\t1\tfour\t888550871", load_ml100k),
+        ("ml-100k", "u.data", 3, "2\t1\tfour\t888550800", load_ml100k),
         ("ml-100k", "u.data", 2, "1\t2\t3", load_ml100k),
         ("ml-100k", "u.data", 4, "3\t4\t9\t889237455", load_ml100k),  # outside 1..5
         ("ml-100k", "u.user", 2, "2|53|F|other", load_ml100k),
