@@ -13,6 +13,15 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")
 
 
+@pytest.fixture
+def tansu():
+    """The tansu binary, or a skip saying why it is unavailable."""
+    try:
+        return tansu_binary()
+    except BrokerError as exc:
+        pytest.skip(f"embedded Kafka broker unavailable: {exc}")
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """An in-memory tansu broker on a free port for the whole session (`.url`, `.bootstrap`).

@@ -16,12 +16,6 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-def tansu():
-    try:
-        return tansu_binary()
-    except BrokerError as exc:
-        pytest.skip(f"embedded Kafka broker unavailable: {exc}")
 
 
 def test_missing_binary_names_the_package(monkeypatch):

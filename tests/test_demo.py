@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import BrokerError, tansu_binary
 from stream_app.commands.demo import DemoError, Worker, counted, metric_sum
 
 DEMO = [sys.executable, "-m", "stream_app.cli", "demo", "--quick", "--threads", "1"]
 
 
-@pytest.fixture
-def tansu():
-    try:
-        return tansu_binary()
-    except BrokerError as exc:
-        pytest.skip(f"embedded Kafka broker unavailable: {exc}")
 
 
 def _env() -> dict:
