@@ -39,6 +39,10 @@ class ModelConfig:
     # Extra predictor loss on served-like vectors (K-code means, leave-one-out). Measured on
     # ML-100K u1 with train_k=4: 0.9290 with weight 1 vs 0.9203 without, so off by default.
     calibrate_weight: float = 0.0
+    # Fraction of training examples whose subsets come from a random pool of only 1..2M of the
+    # entity's ratings (the pool size uniform), so that the encoders (which see the record count) and
+    # the predictor learn what a few ratings say: serving folds in new entities from 1, 2, 3... ratings.
+    small_pool_fraction: float = 0.3
     predictor_epochs: int = 8  # "reconstruct" objective: predictor epochs after refinement
     # ID refinement
     smoothing: float = 0.5  # step toward the breathing-corrected target, 1 = jump
@@ -59,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if not 1 <= self.m_records <= 64:
             raise ValueError("m_records must be in 1..64")
+        if not 0 <= self.small_pool_fraction <= 1:
+            raise ValueError("small_pool_fraction must be in [0, 1]")
         if not 0 < self.smoothing <= 1:
             raise ValueError("smoothing must be in (0, 1]")
 

@@ -24,9 +24,10 @@ class Groups:
     position: torch.Tensor  # long [n_ratings]: where each rating row sits inside its group
 
     @classmethod
-    def build(cls, entity: np.ndarray, n_entities: int) -> Groups:
+    def build(cls, entity: np.ndarray, n_entities: int, rng: np.random.Generator | None = None) -> Groups:
+        """rng: shuffle the ratings inside each group (else they keep their data order)."""
         entity = np.asarray(entity, dtype=np.int64)
-        rows = np.argsort(entity, kind="stable")
+        rows = np.argsort(entity, kind="stable") if rng is None else np.lexsort((rng.random(len(entity)), entity))
         count = np.bincount(entity, minlength=n_entities)
         start = np.concatenate([[0], np.cumsum(count)[:-1]])
         position = np.empty(len(entity), dtype=np.int64)

@@ -57,14 +57,17 @@ class TrainState:
 class TrainingData:
     """Tensors derived once from RatingData and the feature schema."""
 
-    def __init__(self, data: RatingData, schema, device: torch.device):
+    def __init__(self, data: RatingData, schema, device: torch.device, seed: int = 0):
         self.data = data
         t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
         self.entity = {"user": t(data.user), "item": t(data.item)}
         self.features = {"user": t(schema.user_matrix(data)).float(), "item": t(schema.item_matrix(data)).float()}
         self.context = t(schema.encode_context(data.ts)).float()
         self.rates = t(schema.encode_rates(data.rating)).float()
-        self.groups = {"user": Groups.build(data.user, data.n_users), "item": Groups.build(data.item, data.n_items)}
+        # Shuffled inside each group, so that the first c positions of a group are a random pool.
+        rng = np.random.default_rng(seed)
+        self.groups = {"user": Groups.build(data.user, data.n_users, rng),
+                       "item": Groups.build(data.item, data.n_items, rng)}
         self.size = {"user": data.n_users, "item": data.n_items}
         for g in self.groups.values():
             g.rows = g.rows.to(device)
@@ -103,7 +106,7 @@ class Trainer:
         """Train on `data`; returns the frozen recommender and a report (per-round stats, times)."""
         cfg = self.config
         train_part, valid_part = self._hold_out_validation(data)
-        td = TrainingData(train_part, self.schema, self.device)
+        td = TrainingData(train_part, self.schema, self.device, self.config.seed)
         state = self._initial_state(td)
         if resume and checkpoint is not None and checkpoint.exists():
             state = self._load_checkpoint(checkpoint)
@@ -192,11 +195,25 @@ class Trainer:
         g = td.groups[side]
         entity_cpu = entity.cpu()
         exclude = g.position[rows.cpu()] if rows is not None else None
-        pos, mask = sample_positions(g.count[entity_cpu], self.config.train_k, self.config.m_records,
-                                     self.generator, exclude)
+        count = self._small_pools(g.count[entity_cpu], exclude)
+        pos, mask = sample_positions(count, self.config.train_k, self.config.m_records, self.generator, exclude)
         subset = records[subset_index(g.start[entity_cpu], pos, records)]
         mask = mask.to(self.device)
         return self.model.encoder(side)(subset, mask), subset, mask
+
+    def _small_pools(self, count: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+        """Counts cut to a pool of c ~ U{1..2M} ratings for a `small_pool_fraction` of the examples.
+
+        Groups are shuffled, so positions [0, c) are a random pool; with an excluded position the
+        cut keeps c + 1 positions, one of which may be the excluded one."""
+        cfg = self.config
+        if cfg.small_pool_fraction <= 0 or exclude is None:
+            return count
+        b = count.shape[0]
+        pool = torch.randint(1, 2 * cfg.m_records + 1, (b,), generator=self.generator)
+        cut = torch.minimum(count, pool + 1)
+        small = torch.rand(b, generator=self.generator) < cfg.small_pool_fraction
+        return torch.where(small, cut, count)
 
     def _prediction_loss(self, out: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
         stars = F.mse_loss(out[:, 0], rates[:, 0])
