@@ -48,6 +48,7 @@ from faust.streams import _current_event  # see event_context()
 from stream_app.errors import EventError, RecsysError
 from stream_app.settings import Settings
 from stream_app.stream import events as ev
+from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
 from stream_app.stream.service import FoldInService, Query, sparse
@@ -133,7 +134,8 @@ class Runtime:
     def __init__(self, app: RecsysApp, settings: Settings, service: FoldInService, metrics: StreamMetrics):
         self.app, self.settings, self.service, self.metrics = app, settings, service, metrics
         s = settings
-        self.model_version = service.model_version
+        self.gate = lc.BatchGate()  # model swaps happen between batches (stream/lifecycle.py)
+        self.watcher = lc.ModelWatcher(settings.artifacts_dir, service.rec, metrics)
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.user_inputs = app.topic(s.topic_ratings, s.topic_users, s.topic_requests, **raw)
         self.item_inputs = app.topic(s.topic_items, internal_topic(s), **raw)
@@ -156,6 +158,8 @@ class Runtime:
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
         app.task(self.sync_catalogue)
+        if s.model_poll_interval > 0:
+            app.timer(s.model_poll_interval, name="model-poll")(self.check_model)
         app.on_partitions_assigned.connect(self.on_assigned)
         app.on_partitions_revoked.connect(self.on_revoked)
 
@@ -165,6 +169,31 @@ class Runtime:
         app.page("/metrics", name="metrics")(metrics_page)
         metrics.set_model(self.model_version)
         metrics.catalogue_items.set(len(service.catalogue))
+
+    @property
+    def model_version(self) -> str:
+        return self.service.model_version
+
+    # ------------------------------------------------------------------------------------------ model
+
+    async def check_model(self) -> None:
+        """Poll ARTIFACTS_DIR/current; load and check a new model in a thread, swap it in between batches."""
+        rec = await self.watcher.poll()
+        if rec is None:
+            return
+        new_service = await asyncio.to_thread(FoldInService.from_settings, rec, self.settings)
+        requested = time.perf_counter()
+        async with self.gate.exclusive():
+            old_version = self.model_version
+            carried = lc.swap_catalogue(self.service, new_service)
+            self.service = new_service
+            self.watcher.accepted(rec)
+            self.metrics.set_model(self.model_version)
+            self.metrics.catalogue_items.set(len(new_service.catalogue))
+        pause = time.perf_counter() - requested
+        self.metrics.model_swap_pause.observe(pause)
+        log.info("model swapped: %s -> %s (load %.3f s, batches paused %.4f s, %d streamed items carried over)",
+                 old_version, self.model_version, self.watcher.last_load_seconds or 0.0, pause, carried)
 
     # ------------------------------------------------------------------------------------------ topics
 
@@ -245,7 +274,8 @@ class Runtime:
     async def user_agent(self, stream) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_timeout):
             try:
-                await self.process_user_batch(events)
+                async with self.gate.batch():
+                    await self.process_user_batch(events)
             except Exception:  # a bug must not stop the worker; the events are reported, not lost
                 log.exception("user batch of %d events failed", len(events))
                 await self._dead_letter_all(events)
@@ -275,6 +305,10 @@ class Runtime:
                 stored = self.users.get(uid)
             state = stored if stored is not None else svc.initial_state("user", uid)
             states[uid] = state
+            if lc.is_stale(state, svc.model_version):  # computed by an older model: re-fold it now
+                to_fold[uid] = state
+                dirty[uid] = entries[0][2]
+                self.metrics.refolds.labels(side="user").inc()
             for kind, parsed, event in entries:
                 if kind == "rating":
                     fresh = st.add_rating(state, parsed.event_id, parsed.item_id, parsed.rates, parsed.ts,
@@ -344,7 +378,8 @@ class Runtime:
     async def item_agent(self, stream) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_timeout):
             try:
-                await self.process_item_batch(events)
+                async with self.gate.batch():
+                    await self.process_item_batch(events)
             except Exception:
                 log.exception("item batch of %d events failed", len(events))
                 await self._dead_letter_all(events)
@@ -371,6 +406,11 @@ class Runtime:
                 stored = self.items.get(iid)
             state = stored if stored is not None else svc.initial_state("item", iid)
             states[iid] = state
+            if lc.is_stale(state, svc.model_version):
+                lc.refresh_item_window(state, svc.rec)
+                to_fold[iid] = state
+                dirty[iid] = entries[0][2]
+                self.metrics.refolds.labels(side="item").inc()
             side_changed = False
             for kind, parsed, event in entries:
                 if kind == "rating":
@@ -412,9 +452,12 @@ class Runtime:
 
     def catalogue_entry(self, item_id: str, state: st.State) -> dict:
         return {"vector": st.pack_vector(state["vector"]),
-                "features": sparse(self.service.features("item", item_id, state))}
+                "features": sparse(self.service.features("item", item_id, state)),
+                "model_version": state.get("model_version")}
 
     def apply_catalogue_entry(self, item_id: str, entry: dict) -> None:
+        if entry.get("model_version") not in (None, self.model_version):
+            return  # another model's vector (before or after a swap): not comparable with ours
         features = np.zeros(self.service.schema.item_dim, np.float32)
         for k, value in entry["features"]:
             features[k] = value
@@ -452,7 +495,7 @@ class Runtime:
         """After recovery: put the items of this worker's table partitions back in the catalogue."""
         svc, n = self.service, 0
         for iid, state in self.items.items():
-            if state and state.get("vector") is not None:
+            if state and state.get("vector") is not None and not lc.is_stale(state, svc.model_version):
                 svc.catalogue.upsert(iid, state["vector"], svc.features("item", iid, state))
                 n += 1
         self.metrics.catalogue_items.set(len(svc.catalogue))

@@ -61,6 +61,9 @@ class Settings:
         False, "let the worker's producer put several records of a partition in one batch (faster); keep it off "
         "on tansu, which reports a partition's end offset as its last batch's first offset + 1, so changelog "
         "recovery would stop short of a multi-record batch", "stream")
+    model_poll_interval: float = _setting(
+        5.0, "seconds between two checks of ARTIFACTS_DIR/current by a worker; a new model is loaded, checked and "
+        "swapped in between batches (0 = never)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

@@ -13,6 +13,10 @@
     recsys_table_entries{table}                entities in this worker's tables (its own partitions)
     recsys_catalogue_items                     items this worker can recommend
     recsys_assigned_partitions{topic}          input partitions this worker owns now (ratings, items)
+    recsys_model_swaps_total{outcome}          new models seen in ARTIFACTS_DIR/current: swapped or refused
+    recsys_model_load_seconds                  loading and checking a new model, in a thread (histogram)
+    recsys_model_swap_pause_seconds            batches held back while a model is swapped in (histogram)
+    recsys_refolds_total{side}                 stale entities (vector of an older model) re-folded on touch
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ class StreamMetrics:
         self.catalogue_items = Gauge("recsys_catalogue_items", "Items this worker can recommend", registry=r)
         self.assigned_partitions = Gauge("recsys_assigned_partitions", "Input partitions this worker owns now",
                                          ["topic"], registry=r)
+
+        self.model_swaps = Counter("recsys_model_swaps", "New models seen in ARTIFACTS_DIR/current, by outcome",
+                                   ["outcome"], registry=r)
+        self.model_load_seconds = Histogram("recsys_model_load_seconds", "Loading and checking a new model",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.model_swap_pause = Histogram("recsys_model_swap_pause_seconds",
+                                          "Time batches were held back while a model was swapped in",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.refolds = Counter("recsys_refolds", "Stale entities re-folded with the model in service", ["side"],
+                               registry=r)
 
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()
