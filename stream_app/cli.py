@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "demo",
     "data",
     "train",
+    "retrain",
     "evaluate",
     "worker",
     "broker",

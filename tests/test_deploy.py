@@ -484,7 +484,7 @@ def test_k8s_config_models_and_retraining():
     cron = k8s_object("CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     train = pod["containers"][0]
-    assert train["args"][0] == "train"
+    assert train["args"][:2] == ["retrain", "--once"]
     claim = {v["name"]: v for v in pod["volumes"]}["model-artifacts"]["persistentVolumeClaim"]["claimName"]
     assert claim == pvc["metadata"]["name"]
     assert {"name": "model-artifacts", "mountPath": config["RECSYS_ARTIFACTS_DIR"]} in train["volumeMounts"]

@@ -1,4 +1,6 @@
-"""`recsys train`: train the autoencoders and predictor, write a versioned artifact."""
+"""`recsys train`: train the autoencoders and predictor, write a versioned artifact.
+
+`train_model()` and `add_training_flags()` are shared with `recsys retrain` (commands/retrain.py)."""
 
 from __future__ import annotations
 
@@ -13,30 +15,41 @@ from stream_app.settings import add_setting_flags, settings_from_args
 
 def register(sub):
     p = sub.add_parser("train", help="train a model and write an artifact folder")
-    add_data_flags(p)
     p.add_argument("--out", default=None, help="artifact folder (default ARTIFACTS_DIR/<data>-<split>-<time>)")
-    p.add_argument("--config", default=None, help="JSON file of model hyperparameters (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact folder")
+    add_training_flags(p)
+    p.set_defaults(func=run)
+
+
+def add_training_flags(p) -> None:
+    """Data, hyperparameter, promotion and settings flags of every command that trains a model."""
+    add_data_flags(p)
+    p.add_argument("--config", default=None, help="JSON file of model hyperparameters (flags override it)")
     p.add_argument("--no-promote", dest="promote", action="store_false",
                    help="do not point ARTIFACTS_DIR/current at the new model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
-    p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def default_out(args, settings, split_name: str) -> Path:
+    return Path(settings.artifacts_dir) / f"{args.data}-{split_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_model(args, settings, out: Path | None = None, resume: bool = False, overwrite: bool = False
+                ) -> tuple[Path, dict]:
+    """Train on the data named by args, write the artifact (default name under ARTIFACTS_DIR), promote it
+    (atomic rewrite of ARTIFACTS_DIR/current) when args.promote and it lies in ARTIFACTS_DIR."""
     from stream_app.core.artifacts import save_artifact, set_current
     from stream_app.core.training import Trainer, predict_dataset
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
     from stream_app.plots import plot_training
 
-    settings = settings_from_args(args)
     config = config_from_args(args)
     split = load_split_for(args, settings)
-    out = Path(args.out or Path(settings.artifacts_dir) / f"{args.data}-{split.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(out) if out else default_out(args, settings, split.name)
     checkpoint = out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
     print(f"training on {args.data} ({split.name}): {len(split.train)} ratings, "
           f"{split.train.n_users} users, {split.train.n_items} items; test {len(split.test)}")
@@ -44,18 +57,26 @@ def run(args) -> int:
     schema = FeatureSchema.fit(split.train)
     started = time.perf_counter()
     trainer = Trainer(config, schema, device=settings.device, progress=not args.quiet)
-    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=args.resume)
+    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume)
     report["train_seconds"] = time.perf_counter() - started
     report["device"] = str(trainer.device)
     if len(split.test):
         report["test"] = rating_metrics(predict_dataset(rec, split.test), split.test.rating)
         print(f"test rmse {report['test']['rmse']:.4f}  mae {report['test']['mae']:.4f}  n {report['test']['n']}")
-    save_artifact(rec, out, metrics=report, data_name=f"{args.data}:{split.name}", overwrite=args.overwrite)
+    save_artifact(rec, out, metrics=report, data_name=f"{args.data}:{split.name}", overwrite=overwrite)
     (out / "training_history.json").write_text(json.dumps(report, indent=1))
     plot_training(report, out / "loss_curves.png", title=f"{out.name}")
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
-    if args.promote and out.parent.resolve() == Path(settings.artifacts_dir).resolve():
+    report["promoted"] = bool(args.promote and out.parent.resolve() == Path(settings.artifacts_dir).resolve())
+    if report["promoted"]:
         set_current(out.parent, out.name)
+    report["model_version"] = rec.model_version
+    return out, report
+
+
+def run(args) -> int:
+    settings = settings_from_args(args)
+    out, report = train_model(args, settings, out=args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"artifact written to {out} (trained in {report['train_seconds']:.0f} s); loss curves in "
-          f"{out / 'loss_curves.png'}")
+          f"{out / 'loss_curves.png'}" + ("; now current" if report["promoted"] else ""))
     return 0
