@@ -299,6 +299,7 @@ class Runtime:
         dirty: dict[str, Any] = {}  # user id -> an event of that user (for the table write)
         to_fold: dict[str, st.State] = {}
         applied: dict[str, list] = {}  # user id -> [(RatingEvent, event)]
+        redelivered: dict[str, list] = {}  # the same, for duplicates whose rating is in the window
         requests: list = []
         for uid, entries in groups.items():
             with event_context(entries[0][2]):
@@ -316,6 +317,10 @@ class Runtime:
                     if fresh:
                         applied.setdefault(uid, []).append((parsed, event))
                         to_fold[uid] = state
+                    elif st.in_window(state, parsed.item_id, parsed.rates, parsed.ts):
+                        # a re-delivery (e.g. after a crash between the table write and the forward):
+                        # forward it again; the item side drops it if it has it already
+                        redelivered.setdefault(uid, []).append((parsed, event))
                 elif kind == "side":
                     fresh = st.update_side(state, parsed.event_id, parsed.side, s.window_user)
                     if fresh and not state["window"]:
@@ -341,9 +346,11 @@ class Runtime:
             await self._publish(self.user_vectors, uid,
                                 ev.vector_update("user", uid, state["vector"], state["n_ratings"], self.model_version),
                                 [e for _, e in applied.get(uid, [])], "user_vector")
-        for uid, ratings in applied.items():
+        for uid in {*applied, *redelivered}:
+            if uid not in states or states[uid].get("vector") is None:
+                continue
             user_vector, user_features = svc.item_rater_columns(uid, states[uid], states[uid]["vector"])
-            for rating, event in ratings:
+            for rating, event in applied.get(uid, []) + redelivered.get(uid, []):
                 update = ev.ItemUpdate(event_id=rating.event_id, item_id=rating.item_id, user_id=uid,
                                        rates=rating.rates, ts=rating.ts, user_vector=user_vector,
                                        user_features=user_features)

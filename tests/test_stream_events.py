@@ -103,6 +103,20 @@ def test_ids_accept_strings_integers_and_unicode():
         assert ev.parse_id({"user_id": value}, "user_id") == text
 
 
+@pytest.mark.parametrize("value", ["us\u200ber", "\ufeffitem", "item\u202e", "a\u2028b", "us\u200der",
+                                   "\u200d", "\u2060x", "x\u00ad"])
+def test_ids_with_invisible_characters_are_refused(value):
+    assert reason_of(ev.parse_id, {"user_id": value}, "user_id") == ev.BAD_ID
+
+
+def test_negative_and_huge_integer_ids():
+    assert ev.parse_id({"user_id": -5}, "user_id") == "-5"  # ids are opaque: negative ones are valid
+    assert ev.parse_id({"user_id": 2**64}, "user_id") == str(2**64)
+    assert reason_of(ev.parse_id, {"user_id": 10**300}, "user_id") == ev.BAD_ID  # longer than 256 characters
+    raw = b'{"event_id": "e", "user_id": ' + b"9" * 5000 + b', "item_id": "i", "rating": 4, "ts": 1}'
+    assert reason_of(ev.parse_rating, raw, SCHEMA, 100_000) == ev.UNPARSEABLE_JSON  # beyond int conversion limit
+
+
 def test_user_item_and_request_events():
     u = ev.parse_user(b'{"event_id": 1, "user_id": 5, "gender": "F", "age": 30, "extra": [1]}', MAX)
     assert (u.event_id, u.user_id, u.side) == ("1", "5", {"gender": "F", "age": 30})

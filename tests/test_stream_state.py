@@ -61,3 +61,12 @@ def test_side_data_merges_and_state_is_plain_json():
     stored = st.set_vector(s, [0.123456789, -2.0], "m@1")
     assert stored == [0.123457, -2.0] and s["vector"] == stored and s["model_version"] == "m@1"
     assert json.loads(json.dumps(s, allow_nan=False)) == s
+
+
+def test_in_window_recognises_the_same_rating_only():
+    s = st.new_state()
+    st.add_rating(s, "e1", "i1", [0.5, None], 1000.0, 8)
+    assert st.in_window(s, "i1", [0.5, float("nan")], 1000)
+    assert not st.in_window(s, "i1", [0.5, None], 1001.0)
+    assert not st.in_window(s, "i2", [0.5, None], 1000.0)
+    assert not st.in_window(s, "i1", [1.0, None], 1000.0)

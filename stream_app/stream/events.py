@@ -14,7 +14,12 @@ Dead-letter reasons (the one place they are defined):
   bad_type             a field has the wrong type or value: rating not a number/object, context not an
                        object, side data of the wrong type, n not an integer in 1..1000
   bad_id               an id (event_id, user_id, item_id, request_id) is not a string or integer, or is
-                       empty, longer than 256 characters, or holds control characters
+                       empty or blank, longer than 256 characters, or holds control characters, lone
+                       surrogates or invisible format characters (zero-width spaces, joiners outside
+                       emoji sequences, BOM, bidirectional overrides, line/paragraph separators: ids
+                       that look alike must be alike). Ids are opaque: any other Unicode is kept as
+                       given (no normalisation), and integers, negative ones included, become their
+                       decimal string ("-5")
   bad_timestamp        ts is neither finite epoch seconds between 1900 and 2100 nor an ISO 8601 string
   rating_out_of_range  stars outside the model's rating scale, or thumbs other than 0/1
   unknown_rate         a rate name the model does not know (known: stars, thumbs)
@@ -51,6 +56,7 @@ REASONS = (OVERSIZED, UNPARSEABLE_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_TYPE, 
            RATING_OUT_OF_RANGE, UNKNOWN_RATE, PROCESSING_ERROR)
 
 MAX_ID_CHARS = 256
+INVISIBLE = ("Cf", "Zl", "Zp")  # Unicode categories refused in ids (zero-width, BOM, bidi controls, separators)
 MIN_TS = -2_208_988_800.0  # 1900-01-01T00:00:00Z
 MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_N = 1000
@@ -279,7 +285,18 @@ def parse_id(d: dict, key: str) -> str:
         raise EventError(BAD_ID, f"{key} is longer than {MAX_ID_CHARS} characters ({len(text)})")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise EventError(BAD_ID, f"{key} holds control characters or lone surrogates: {text[:40]!r}")
+    if any(unicodedata.category(c) in INVISIBLE and not _emoji_joiner(text, k) for k, c in enumerate(text)):
+        raise EventError(BAD_ID, f"{key} holds invisible format characters: {text[:40]!r}")
     return text
+
+
+def _emoji_joiner(text: str, k: int) -> bool:
+    """A zero-width joiner inside an emoji sequence (👩‍💻): between a symbol (or its modifier/variation
+    selector) and a symbol. Elsewhere it is an invisible character like any other."""
+    if text[k] != "\u200d" or k == 0 or k + 1 == len(text):
+        return False
+    return (unicodedata.category(text[k - 1]) in ("So", "Sk", "Mn")
+            and unicodedata.category(text[k + 1]) == "So")
 
 
 def parse_ts(value) -> float:

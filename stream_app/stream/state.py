@@ -122,6 +122,12 @@ def window_columns(state: State) -> tuple[list[str], list[list[float | None]], l
     return [e[0] for e in win], [[e[1], e[2]] for e in win], [e[3] for e in win]
 
 
+def in_window(state: State, other_id: str, rates, ts: float) -> bool:
+    """Whether the window holds exactly this rating (other id, rates and time): a re-delivered event."""
+    entry = [str(other_id), _opt_float(rates[0]), _opt_float(rates[1]), float(ts)]
+    return any(e[:4] == entry for e in state["window"])
+
+
 def rated_ids(state: State) -> set[str]:
     return {e[0] for e in state["window"]}
 
