@@ -145,7 +145,7 @@ class Worker:
             for r in records:
                 value = json.loads(r.value)
                 assert "__faust" not in r.value.decode()
-                self.received[names[r.topic]].append((r.key.decode() if r.key else None, value))
+                self.received[names[r.topic]].append((r.key.decode(errors="replace") if r.key else None, value))
 
     def wait_for(self, output: str, predicate, timeout: float = 30.0, count: int = 1) -> list:
         """Messages of an output topic (key, value) matching predicate, once there are `count` of them."""

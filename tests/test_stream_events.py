@@ -114,7 +114,26 @@ def test_negative_and_huge_integer_ids():
     assert ev.parse_id({"user_id": 2**64}, "user_id") == str(2**64)
     assert reason_of(ev.parse_id, {"user_id": 10**300}, "user_id") == ev.BAD_ID  # longer than 256 characters
     raw = b'{"event_id": "e", "user_id": ' + b"9" * 5000 + b', "item_id": "i", "rating": 4, "ts": 1}'
-    assert reason_of(ev.parse_rating, raw, SCHEMA, 100_000) == ev.UNPARSEABLE_JSON  # beyond int conversion limit
+    assert reason_of(ev.parse_rating, raw, SCHEMA, 100_000) == ev.BAD_ID  # read as inf, not an OverflowError
+
+
+BIG = "9" * 400
+
+
+@pytest.mark.parametrize("parse, raw, reason", [
+    ("request", f'{{"request_id": "q", "user_id": "u", "n": {BIG}}}', ev.BAD_TYPE),
+    ("rating", f'{{"event_id": "e", "user_id": "u", "item_id": "i", "rating": 4, "ts": -{BIG}}}', ev.BAD_TIMESTAMP),
+    ("rating", f'{{"event_id": "e", "user_id": "u", "item_id": "i", "rating": {BIG}, "ts": 1}}', ev.BAD_TYPE),
+    ("rating", f'{{"event_id": "e", "user_id": "u", "item_id": "i", "rating": {{"thumbs": {BIG}}}, "ts": 1}}',
+     ev.BAD_TYPE),
+    ("user", f'{{"event_id": "e", "user_id": "u", "age": {BIG}}}', ev.BAD_TYPE),
+    ("item", f'{{"event_id": "e", "item_id": "i", "year": -{BIG}}}', ev.BAD_TYPE),
+])
+def test_integers_beyond_the_float_range_are_refused_with_the_fields_reason(parse, raw, reason):
+    raw = raw.encode()
+    args = {"request": (ev.parse_request, raw, MAX, 10), "rating": (ev.parse_rating, raw, SCHEMA, MAX),
+            "user": (ev.parse_user, raw, MAX), "item": (ev.parse_item, raw, MAX)}[parse]
+    assert reason_of(*args) == reason
 
 
 def test_user_item_and_request_events():

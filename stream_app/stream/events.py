@@ -7,7 +7,8 @@ one of `REASONS` and lands in the dead-letters topic. Outputs are Records serial
 
 Dead-letter reasons (the one place they are defined):
   oversized            the payload is larger than `max_event_bytes`
-  unparseable_json     not UTF-8, not JSON, NaN/Infinity literals, or nested too deeply
+  unparseable_json     not UTF-8, not JSON, NaN/Infinity literals, or nested too deeply (integers of more
+                       than 300 digits are read as infinite, so the field's own check refuses them)
   not_an_object        valid JSON but not an object (a list, a string, null, ...)
   missing_field        a required field is absent or null (event_id, user_id, item_id, rating, ts,
                        request_id)
@@ -56,6 +57,7 @@ REASONS = (OVERSIZED, UNPARSEABLE_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_TYPE, 
            RATING_OUT_OF_RANGE, UNKNOWN_RATE, PROCESSING_ERROR)
 
 MAX_ID_CHARS = 256
+MAX_INT_DIGITS = 300  # longer JSON integers are read as +-inf (see _parse_int)
 INVISIBLE = ("Cf", "Zl", "Zp")  # Unicode categories refused in ids (zero-width, BOM, bidi controls, separators)
 MIN_TS = -2_208_988_800.0  # 1900-01-01T00:00:00Z
 MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
@@ -209,7 +211,7 @@ def load_object(raw: bytes | None, max_bytes: int) -> dict:
     except UnicodeDecodeError as exc:
         raise EventError(UNPARSEABLE_JSON, f"not UTF-8: {exc}") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except RecursionError:
         raise EventError(UNPARSEABLE_JSON, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
@@ -331,6 +333,12 @@ def _required(d: dict, key: str):
     if value is None:
         raise EventError(MISSING_FIELD, f"{key} is missing" + (" (null)" if key in d else ""))
     return value
+
+
+def _parse_int(text: str):
+    """JSON integers beyond the float range (over 300 digits) become +-inf, like 1e999 does: every numeric
+    check then refuses them with its own reason, instead of an OverflowError deep in a check."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
 
 
 def _is_int_like(value) -> bool:
