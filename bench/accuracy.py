@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started_all = time.perf_counter()
     names = [n for n in args.protocols.split(",") if n]
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown:
+        raise SystemExit(f"unknown protocols {unknown}; known: {', '.join(PROTOCOLS)}")
     split = load_split(args.data, args.split, Settings.from_env(), seed=args.seed)
     base = ModelConfig.from_file(args.config).to_dict() if args.config else ModelConfig().to_dict()
     if args.quick:
@@ -201,10 +204,8 @@ def main(argv=None) -> int:
                                            peers=peers, chunk=args.chunk, limit=args.limit, log=log)
             for peer in peers:
                 result["systems"][peer.name]["warmup_seconds"] = peer.train_seconds
-        elif name == "topn":
-            result = protocols.topn(split, rec, baselines, log=log)
         else:
-            raise SystemExit(f"unknown protocol {name}; known: {', '.join(PROTOCOLS)}")
+            result = protocols.topn(split, rec, baselines, log=log)
         result["quick"] = args.quick
         result["seconds"] = time.perf_counter() - t0
         results[name] = result
