@@ -135,13 +135,18 @@ class IAutoRec:
 
     name = "i-autorec"
 
-    # Defaults chosen on a validation split carved out of ML-100K u1.base (never on u1.test):
+    # Defaults chosen on ML-100K u1.base only, never on u1.test. Training: a random 10% validation
+    # split of u1.base. User fold-in ridge (foldin_reg, foldin_bias_reg): the fold-in protocol with
+    # another held-out draw (seed 1; reports use seed 0), RMSE at k = 1/5/20: (3, 0.3) 1.464/1.196/1.074,
+    # (3, 3) 1.195/1.143/1.068, (30, 5) 1.113/1.054/0.999, (100, 10) 1.058/1.032/1.006,
+    # (100, 50) 1.048/1.026/1.004. Training hyperparameters, validation RMSE:
     # l2 10 / 100 / 300 / 500 / 1000 at 30-60 epochs gave RMSE 1.07 / 0.944 / 0.911 / 0.935 / 0.968;
     # l2 = 300 with 40 / 60 / 100 epochs: 0.917 / 0.911 / 0.914.
     def __init__(self, hidden: int = 500, l2: float = 300.0, lr: float = 3e-3, epochs: int = 60,
-                 batch_size: int = 128, foldin_reg: float = 3.0, seed: int = 0, device: str = "cpu"):
+                 batch_size: int = 128, foldin_reg: float = 100.0, foldin_bias_reg: float = 50.0, seed: int = 0,
+                 device: str = "cpu"):
         self.hidden, self.l2, self.lr, self.epochs, self.batch_size = hidden, l2, lr, epochs, batch_size
-        self.foldin_reg, self.seed, self.device = foldin_reg, seed, device
+        self.foldin_reg, self.foldin_bias_reg, self.seed, self.device = foldin_reg, foldin_bias_reg, seed, device
 
     def fit(self, train: RatingData) -> IAutoRec:
         import torch
@@ -199,7 +204,7 @@ class IAutoRec:
         x = np.column_stack([self.codes[other_idx], np.ones(len(ratings))])
         prior = np.append(self._mean_w, self._mean_b)
         reg = np.full(self.hidden + 1, self.foldin_reg)
-        reg[-1] = self.foldin_reg / 10
+        reg[-1] = self.foldin_bias_reg
         w = np.linalg.solve(x.T @ x + np.diag(reg), x.T @ ratings + reg * prior)
         self.out_w[entity], self.out_b[entity] = w[:-1], w[-1]
 

@@ -3,7 +3,8 @@
 Every protocol returns `{"protocol": NAME, "systems": {SYSTEM: {...metrics}}, ...}`; the fold-in
 protocols key each system's metrics by k (revealed ratings per held-out entity). System names:
 bias-only, als-mf, i-autorec, aevec (ours); fold-in variants bias-only-foldin, als-mf-foldin,
-als-mf-retrain, i-autorec-foldin, aevec-foldin, aevec-retrain. Outside peers (bench) add theirs.
+als-mf-retrain, i-autorec-foldin, aevec-foldin, aevec-retrain; topn adds popularity (most rated
+items), the non-personalised reference. Outside peers (bench) add theirs.
 
 Our model is passed in as a trained Recommender (or a `train(data) -> Recommender` callable where
 the protocol needs a model trained on other data: fold-in and retrain); baselines are factories
@@ -157,9 +158,9 @@ def prequential(split: Split, rec=None, baselines: dict | None = None, peers: li
 
 # ---- top-N -----------------------------------------------------------------------------------
 def topn(split: Split, rec=None, baselines: dict | None = None, n: int = 10, log=print) -> dict:
-    from stream_app.topn import aevec_scorer, baseline_scorer, evaluate_topn
+    from stream_app.topn import aevec_scorer, baseline_scorer, evaluate_topn, popularity_scorer
 
-    scorers = {}
+    scorers = {"popularity": popularity_scorer(split.train)}  # the non-personalised reference
     if rec is not None:
         scorers["aevec"] = aevec_scorer(rec)
     for name, make in (baselines or {}).items():

@@ -27,6 +27,12 @@ def baseline_scorer(model):
     return scores
 
 
+def popularity_scorer(train: RatingData):
+    """A non-personalised reference: items by their number of training ratings."""
+    counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+    return lambda user: counts
+
+
 def aevec_scorer(rec, ts: float | None = None):
     """Scorer of our model: the predictor's unclamped stars output for every trained item."""
     import torch
