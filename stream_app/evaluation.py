@@ -1,9 +1,11 @@
 """Evaluation protocols (METHOD.md), all systems measured the same way.
 
 - warm: RMSE/MAE of an artifact on a split's test ratings.
+  Also thumbs up/down (seed 004: 4-5 stars up, 1-3 down) accuracy and AUC of the thumbs head.
 - foldin-users / foldin-items: hold 10% of users (items) out of training entirely; reveal each
   one's first k ratings in time order; fold it in with the frozen encoders; RMSE on the rest.
   Compared with baselines (stream_app.baselines) folded in from the same revealed ratings.
+- prequential (stream_app.prequential) and topn (stream_app.topn) live in their own modules.
 """
 
 from __future__ import annotations
@@ -26,6 +28,33 @@ def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))), "n": int(len(err))}
 
 
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN if one class is empty."""
+    score, label = np.asarray(score, np.float64), np.asarray(label).astype(bool)
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    sorted_scores = score[order]
+    ranks = np.empty(len(score), np.float64)
+    # average rank of each run of tied scores (ranks 1..n)
+    starts = np.r_[0, np.nonzero(np.diff(sorted_scores))[0] + 1]
+    ends = np.r_[starts[1:], len(score)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def thumbs_metrics(prob_up: np.ndarray, stars: np.ndarray, up_at: float = 4.0, threshold: float = 0.5) -> dict:
+    """Seed 004 thumbs: truth = stars >= up_at (4-5 up, 1-3 down); `prob_up` a score where higher
+    means up (a probability, or predicted stars with threshold 3.5). Accuracy at `threshold`, AUC."""
+    truth = np.asarray(stars) >= up_at
+    prob_up = np.asarray(prob_up, np.float64)
+    if not len(truth):
+        return {"accuracy": float("nan"), "auc": float("nan"), "up_rate": float("nan"), "n": 0}
+    return {"accuracy": float(np.mean((prob_up >= threshold) == truth)), "auc": auc(prob_up, truth),
+            "up_rate": float(truth.mean()), "n": int(len(truth))}
+
+
 def align(rec: Recommender, data: RatingData) -> tuple[np.ndarray, np.ndarray]:
     """Map a dataset's dense indices to the artifact's (-1 where the artifact never saw the id)."""
     maps = []
@@ -38,6 +67,11 @@ def align(rec: Recommender, data: RatingData) -> tuple[np.ndarray, np.ndarray]:
 
 def predict_aligned(rec: Recommender, data: RatingData) -> np.ndarray:
     """Predicted stars for every rating of `data`; unseen users/items get cold-start vectors."""
+    return predict_aligned_rates(rec, data)[:, 0]
+
+
+def predict_aligned_rates(rec: Recommender, data: RatingData) -> np.ndarray:
+    """[n, 2] predicted stars and thumbs-up probability for every rating of `data`."""
     user, item = align(rec, data)
     vecs, feats = {}, {}
     for side, idx, own in (("user", user, data.user), ("item", item, data.item)):
@@ -48,14 +82,31 @@ def predict_aligned(rec: Recommender, data: RatingData) -> np.ndarray:
             np.zeros((0, rec.model.dims[side]), np.float32)
         vecs[side] = np.where((idx >= 0)[:, None], rec.vectors[side][np.maximum(idx, 0)],
                               rec.model.cold_vectors(side, _tensor(feats[side])).detach().numpy())
-    return rec.predict_rates(vecs["user"], feats["user"], vecs["item"], feats["item"], data.ts)[:, 0]
+    return rec.predict_rates(vecs["user"], feats["user"], vecs["item"], feats["item"], data.ts)
 
 
 def evaluate_warm(rec: Recommender, test: RatingData) -> dict:
+    """RMSE/MAE of the stars head and thumbs accuracy/AUC of the thumbs head on `test`."""
     started = time.perf_counter()
-    metrics = rating_metrics(predict_aligned(rec, test), test.rating)
+    rates = predict_aligned_rates(rec, test)
+    metrics = rating_metrics(rates[:, 0], test.rating)
+    metrics["thumbs"] = thumbs_metrics(rates[:, 1], test.rating, rec.schema.thumbs_threshold)
     metrics["seconds"] = time.perf_counter() - started
     return metrics
+
+
+def evaluate_baseline_warm(model, test: RatingData) -> dict:
+    """RMSE/MAE of a fitted baseline; thumbs from its predicted stars (up when >= 3.5 on 1..5)."""
+    started = time.perf_counter()
+    pred = model.predict(test.user, test.item)
+    metrics = rating_metrics(pred, test.rating)
+    lo, hi = test.rating_scale
+    metrics["thumbs"] = thumbs_metrics(pred, test.rating, lo + 0.75 * (hi - lo), lo + 0.625 * (hi - lo))
+    metrics["thumbs"]["from"] = "predicted stars"
+    metrics["seconds"] = time.perf_counter() - started
+    metrics["train_seconds"] = getattr(model, "train_seconds", None)
+    return metrics
+
 
 
 # ---- fold-in protocol ------------------------------------------------------------------------

@@ -40,11 +40,11 @@ def plot_training(report: dict, out: str | Path, title: str = "") -> Path:
 
 
 def plot_lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str,
-               title: str = "", logx: bool = False) -> Path:
+               title: str = "", logx: bool = False, marker: str = "o") -> Path:
     """One line per system: series[name] = (xs, ys)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker=marker or None, label=name)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

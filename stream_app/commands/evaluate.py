@@ -1,9 +1,9 @@
-"""`recsys evaluate`: measure a model on a protocol, print a table, write JSON (and a PNG)."""
+"""`recsys evaluate`: measure our model and the baselines on one protocol, print a table, write
+JSON (`{"protocol": .., "systems": {NAME: {...}}}`, fold-in systems keyed by k) and a PNG."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -11,18 +11,32 @@ from tqdm.auto import tqdm
 from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
 from stream_app.settings import add_setting_flags, settings_from_args
 
-PROTOCOLS = ("warm", "foldin-users", "foldin-items")
+PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
 
 
 def register(sub):
-    p = sub.add_parser("evaluate", help="evaluate a model (warm RMSE, fold-in curves)")
+    p = sub.add_parser("evaluate", help="evaluate models (warm, fold-in, prequential, top-N)")
     p.add_argument("--protocol", default="warm", choices=PROTOCOLS)
     p.add_argument("--artifact", default=None,
-                   help="warm: the artifact folder (default: ARTIFACTS_DIR/current)")
+                   help="our trained model (default: ARTIFACTS_DIR/current); fold-in protocols train their "
+                        "own unless given one trained without the held-out entities")
+    p.add_argument("--no-model", action="store_true", help="baselines only (no model of ours)")
+    p.add_argument("--baselines", default="bias-only,als-mf,i-autorec",
+                   help="comma list of bias-only, als-mf, i-autorec (empty: none)")
     add_data_flags(p)
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--png", default=None, help="fold-in protocols: plot RMSE vs k here")
+    p.add_argument("--png", default=None, help="fold-in: RMSE vs k; prequential: running RMSE")
     p.add_argument("--ks", default="1,3,5,10,20", help="fold-in protocols: revealed ratings per entity")
+    p.add_argument("--retrain-ks", default="",
+                   help="fold-in protocols: ks at which ALS is retrained with the revealed ratings (e.g. 1,5,20)")
+    p.add_argument("--retrain-ours", action="store_true", help="fold-in: also retrain our model at --retrain-ks")
+    p.add_argument("--chunk", type=int, default=1,
+                   help="prequential: ratings predicted before absorbing them (1 = the protocol proper)")
+    p.add_argument("--limit", type=int, default=None, help="prequential: stream only the first LIMIT test ratings")
+    p.add_argument("--window", type=int, default=0,
+                   help="prequential: our fold-in uses the last WINDOW ratings of an entity (0 = all)")
+    p.add_argument("--top-n", type=int, default=10, help="topn: list length")
+    p.add_argument("--autorec-epochs", type=int, default=None, help="I-AutoRec training epochs")
     p.add_argument("--quiet", action="store_true")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
@@ -30,13 +44,35 @@ def register(sub):
 
 
 def run(args) -> int:
+    from stream_app import protocols
+
     settings = settings_from_args(args)
     split = load_split_for(args, settings)
-    if args.protocol == "warm":
-        result = _warm(args, settings, split)
+    log = (lambda *a: None) if args.quiet else tqdm.write
+    names = [n for n in args.baselines.split(",") if n]
+    autorec = {"epochs": args.autorec_epochs} if args.autorec_epochs else None
+    baselines = protocols.baseline_factories(names, settings.seed, autorec=autorec)
+    if args.protocol.startswith("foldin"):
+        rec = None if args.no_model or not args.artifact else _load(args.artifact)
+        train_ours = None if args.no_model else _trainer(args, settings)
+        result = protocols.foldin(split, args.protocol.split("-")[1].rstrip("s"), _ints(args.ks), train_ours, rec,
+                                  baselines, _ints(args.retrain_ks), args.retrain_ours, settings.seed, log)
     else:
-        result = _foldin(args, settings, split, args.protocol.split("-")[1].rstrip("s"))
+        rec = None if args.no_model else _load(args.artifact or settings.artifacts_dir)
+        if args.protocol == "warm":
+            result = protocols.warm(split, rec, baselines, log=log)
+            if rec is not None:  # top-level keys of our model, as before the side-by-side table
+                result.update({"model_version": rec.model_version, **result["systems"]["aevec"]})
+        elif args.protocol == "prequential":
+            result = protocols.prequential(split, rec, baselines, chunk=args.chunk, limit=args.limit,
+                                           window=args.window, log=log)
+        else:
+            result = protocols.topn(split, rec, baselines, n=args.top_n, log=log)
     result.update({"data": args.data, "split": split.name})
+    print(format_table(result))
+    if args.png and result["protocol"] in ("foldin-users", "foldin-items", "prequential"):
+        protocols.plot(result, args.png)
+        print(f"wrote {args.png}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -44,56 +80,54 @@ def run(args) -> int:
     return 0
 
 
-def _warm(args, settings, split) -> dict:
+def _load(path):
     from stream_app.core.artifacts import load_artifact
-    from stream_app.evaluation import evaluate_warm
 
-    rec = load_artifact(args.artifact or settings.artifacts_dir)
-    metrics = evaluate_warm(rec, split.test)
-    print(_table(["system", "rmse", "mae", "n"], [[rec.model_version, metrics["rmse"], metrics["mae"],
-                                                   metrics["n"]]]))
-    return {"protocol": "warm", "model_version": rec.model_version, **metrics,
-            "systems": {"aevec": metrics}}
+    return load_artifact(path)
 
 
-def _foldin(args, settings, split, side: str) -> dict:
-    from stream_app.baselines import ALSMF, BiasOnly
+def _trainer(args, settings):
+    """train(data) -> Recommender with the command's config (fold-in and retrain protocols)."""
     from stream_app.core.training import Trainer
     from stream_app.data.features import FeatureSchema
-    from stream_app.evaluation import (
-        baseline_foldin_predictions,
-        foldin_predictions,
-        hold_out,
-        rating_metrics,
-        reveal,
-    )
-    from stream_app.plots import plot_lines
 
-    ks = [int(k) for k in args.ks.split(",")]
     config = config_from_args(args)
-    held = hold_out(split.train, side, seed=settings.seed)
-    print(f"fold-in {side}s: {len(held.entities)} held out ({len(held.held)} ratings); "
-          f"training on the other {len(held.train)} ratings")
-    started = time.perf_counter()
-    rec, _ = Trainer(config, FeatureSchema.fit(held.train), settings.device, not args.quiet).fit(
-        held.train, log=(lambda *a: None) if args.quiet else tqdm.write)
-    train_seconds = time.perf_counter() - started
-    baselines = {"bias-only": BiasOnly().fit(held.train), "als-foldin": ALSMF(seed=settings.seed).fit(held.train)}
-    systems = {"aevec-foldin": {}, **{name: {} for name in baselines}}
-    for k in ks:
-        revealed, rest = reveal(held, k)
-        truth = held.held.rating[rest]
-        systems["aevec-foldin"][k] = rating_metrics(foldin_predictions(rec, held, revealed, rest), truth)
-        for name, model in baselines.items():
-            systems[name][k] = rating_metrics(baseline_foldin_predictions(model, held, revealed, rest), truth)
-    rows = [[k] + [systems[s][k]["rmse"] for s in systems] + [systems["aevec-foldin"][k]["n"]] for k in ks]
-    print(_table(["k"] + [f"{s} rmse" for s in systems] + ["n"], rows))
-    if args.png:
-        plot_lines({s: (ks, [systems[s][k]["rmse"] for k in ks]) for s in systems}, args.png,
-                   "revealed ratings per held-out " + side, "RMSE on the rest", f"fold-in of new {side}s")
-    return {"protocol": f"foldin-{side}s", "held_out": len(held.entities),
-            "train_seconds": {"aevec": train_seconds, **{n: m.train_seconds for n, m in baselines.items()}},
-            "systems": systems}
+
+    def train(data):
+        rec, _ = Trainer(config, FeatureSchema.fit(data), settings.device, not args.quiet).fit(
+            data, log=(lambda *a: None) if args.quiet else tqdm.write)
+        return rec
+
+    return train
+
+
+def _ints(text: str) -> list[int]:
+    return [int(k) for k in text.split(",") if k.strip()]
+
+
+def format_table(result: dict) -> str:
+    """The protocol's systems as a text table (fold-in: one row per k, one column per system)."""
+    proto, systems = result["protocol"], result["systems"]
+    if proto.startswith("foldin"):
+        ks = result.get("ks") or sorted({int(k) for v in systems.values() for k in v})
+        rows = [[k] + [_get(systems[s], k, "rmse") for s in systems] for k in ks]
+        return _table(["k"] + [f"{s} rmse" for s in systems], rows)
+    if proto == "topn":
+        rows = [[s, m["precision"], m["recall"], m["ndcg"], m["users"]] for s, m in systems.items()]
+        n = result.get("n", 10)
+        return _table(["system", f"precision@{n}", f"recall@{n}", f"ndcg@{n}", "users"], rows)
+    if proto == "prequential":
+        rows = [[s, m["rmse"], m["mae"], m["n"], m["seconds"]] for s, m in systems.items()]
+        return _table(["system", "running rmse", "mae", "n", "seconds"], rows)
+    rows = [[s, m["rmse"], m["mae"], m.get("thumbs", {}).get("accuracy", float("nan")),
+             m.get("thumbs", {}).get("auc", float("nan")), m["n"],
+             m.get("train_seconds") if m.get("train_seconds") is not None else "-"] for s, m in systems.items()]
+    return _table(["system", "rmse", "mae", "thumbs acc", "thumbs auc", "n", "train s"], rows)
+
+
+def _get(by_k: dict, k: int, key: str):
+    m = by_k.get(k, by_k.get(str(k)))
+    return m[key] if m else "-"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
