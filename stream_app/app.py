@@ -72,7 +72,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         value_serializer="json",
         autodiscover=False,
         **producer_options(settings.producer_batching),
-        table_standby_replicas=0,
+        table_standby_replicas=max(int(settings.standby_replicas), 0),
         **consumer_timeouts(settings.session_timeout),
     )
 

@@ -57,6 +57,10 @@ class Settings:
     session_timeout: float = _setting(
         6.0, "worker consumer-group session timeout (s): a dead worker's partitions move after this long; "
         "tansu also holds every group join for about half of it", "stream")
+    standby_replicas: int = _setting(
+        1, "table standby replicas: other workers that keep a copy of each table partition up to date from its "
+        "changelog, so a dead worker's partitions move without a full changelog replay (0 = none; useful only "
+        "with two or more workers)", "stream")
     producer_batching: bool = _setting(
         False, "let the worker's producer put several records of a partition in one batch (faster); keep it off "
         "on tansu, which reports a partition's end offset as its last batch's first offset + 1, so changelog "

@@ -287,16 +287,47 @@ def test_swap_under_steady_load_loses_nothing_and_later_vectors_carry_the_new_ve
 
 # ---------------------------------------------------------------------------------------------- kill -9
 
+def kill9_events(prefix: str, n: int = 360) -> list[dict]:
+    """n ratings of 12 users on 10 items, each with its own ts (the windows are checked by ts)."""
+    users = [f"{prefix}-user-{k}" for k in range(12)]
+    items = [f"{prefix}-item-{j}" for j in range(10)]
+    return [rating(f"{prefix}-{n}", users[n % 12], items[(n * 7 + n // 12) % 10], stars=1 + n % 5, ts=TS + n)
+            for n in range(n)]
+
+
+def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> dict[str, float]:
+    """Each user's and item's final n_ratings and stored window (in the table changelogs) hold every rating
+    sent, exactly once; returns what w counted (fresh, re-delivered and dropped, duplicate forwards)."""
+    per_user = collections.Counter(e["user_id"] for e in events)
+    per_item = collections.Counter(e["item_id"] for e in events)
+    for user in per_user:
+        assert last_vector(w, "user", user, min_ratings=per_user[user], timeout=90)["n_ratings"] == per_user[user]
+    for item in per_item:
+        assert last_vector(w, "item", item, min_ratings=per_item[item], timeout=90)["n_ratings"] == per_item[item]
+    w.settle(1.0)
+    for side, counts in (("user", per_user), ("item", per_item)):
+        for key, value in w.received[f"{side}_vectors"]:
+            if key in counts:
+                assert value["n_ratings"] <= counts[key], f"{side} {key}: a rating was applied twice"
+    user_stamps, item_stamps = collections.defaultdict(list), collections.defaultdict(list)
+    for e in events:
+        user_stamps[e["user_id"]].append(float(e["ts"]))
+        item_stamps[e["item_id"]].append(float(e["ts"]))
+    check_windows(changelog_states(broker, f"{w.app_id}-users-changelog"), user_stamps, "user")
+    check_windows(changelog_states(broker, f"{w.app_id}-items-changelog"), item_stamps, "item")
+    ratings = w.topics["ratings"]
+    return {"ok": w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}'),
+            "redelivered": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{ratings}"}}'),
+            "item_dups": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{w.app_id}-item-updates"}}')}
+
+
 def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path):
     root, _ = models
     w = Worker(kafka_broker, root / "v1", tmp_path)  # a model folder: no pointer to follow
     w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0")
     try:
         w.start()
-        users = [f"k9-user-{k}" for k in range(12)]
-        items = [f"k9-item-{j}" for j in range(10)]
-        events = [rating(f"k9-{n}", users[n % 12], items[(n * 7 + n // 12) % 10], stars=1 + n % 5, ts=TS + n)
-                  for n in range(360)]
+        events = kill9_events("k9")
         sender = send_paced(w, events, 0.01)
         w.wait_for("user_vectors", lambda k, v: True, count=40, timeout=60)
         w.kill()  # mid-stream: no commit, no flush, no shutdown
@@ -304,29 +335,80 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
         sender.join(120)
         assert not sender.is_alive()
         w.start()
-        per_user = collections.Counter(e["user_id"] for e in events)
-        per_item = collections.Counter(e["item_id"] for e in events)
-        for user in users:
-            assert last_vector(w, "user", user, min_ratings=per_user[user], timeout=90)["n_ratings"] == per_user[user]
-        for item in items:
-            assert last_vector(w, "item", item, min_ratings=per_item[item], timeout=90)["n_ratings"] == per_item[item]
-        w.settle(1.0)
-        for side, counts in (("user", per_user), ("item", per_item)):
-            for key, value in w.received[f"{side}_vectors"]:
-                assert value["n_ratings"] <= counts[key], f"{side} {key}: a rating was applied twice"
-        user_stamps, item_stamps = collections.defaultdict(list), collections.defaultdict(list)
-        for e in events:
-            user_stamps[e["user_id"]].append(float(e["ts"]))
-            item_stamps[e["item_id"]].append(float(e["ts"]))
-        check_windows(changelog_states(kafka_broker, f"{w.app_id}-users-changelog"), user_stamps, "user")
-        check_windows(changelog_states(kafka_broker, f"{w.app_id}-items-changelog"), item_stamps, "item")
-        ratings = w.topics["ratings"]
-        redelivered = w.metric(f'recsys_events_total{{outcome="duplicate",topic="{ratings}"}}')
-        reapplied = w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}')
-        internal_dups = w.metric(f'recsys_events_total{{outcome="duplicate",topic="{w.app_id}-item-updates"}}')
+        counted = check_every_rating_accounted_for(w, kafka_broker, events)
         print(f"\nMEASURED kill -9: {killed_at} user-vector updates seen before the kill; after restart "
-              f"{reapplied:.0f} rating events applied fresh, {redelivered:.0f} re-delivered and dropped as "
-              f"duplicates by event_id (item side: {internal_dups:.0f} duplicate forwards dropped); "
-              f"all {len(events)} ratings in the windows exactly once")
+              f"{counted['ok']:.0f} rating events applied fresh, {counted['redelivered']:.0f} re-delivered and "
+              f"dropped as duplicates by event_id (item side: {counted['item_dups']:.0f} duplicate forwards "
+              f"dropped); all {len(events)} ratings in the windows exactly once")
     finally:
         w.close()
+
+
+# ---------------------------------------------------------------------------------------------- scale-out
+
+@pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
+def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_rating(kafka_broker, models,
+                                                                                     tmp_path, standbys):
+    """Two workers of one consumer group share the partitions; one is killed (-9) mid-stream; the other
+    takes over its partitions and tables (from its standby copy or from the changelog) and finishes."""
+    root, _ = models
+    survivor = Worker(kafka_broker, root / "v1", tmp_path / "survivor")
+    victim = Worker(kafka_broker, root / "v1", tmp_path / "victim", like=survivor)
+    ok = f'recsys_events_total{{outcome="ok",topic="{survivor.topics["ratings"]}"}}'
+    for w in (survivor, victim):
+        w.root.mkdir()
+        w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
+                     RECSYS_STANDBY_REPLICAS=str(standbys))
+    try:
+        survivor.start()
+        victim.start(alone=False)
+        deadline = time.monotonic() + 60
+        while not (0 < survivor.owned_partitions() < PARTITIONS
+                   and survivor.owned_partitions() + victim.owned_partitions() == PARTITIONS):
+            assert time.monotonic() < deadline, f"no rebalance:\n{victim.log_tail()}"
+            time.sleep(0.2)
+        events = kill9_events(f"so{standbys}")
+        sender = send_paced(survivor, events, 0.01)
+        wait_metric(victim, ok, 30, timeout=60)  # both are busy: the kill hits the stream mid-flight
+        wait_metric(survivor, ok, 30, timeout=60)
+        victim_applied = victim.metric(ok)
+        victim.kill()
+        killed, killed_wall = time.monotonic(), time.time()
+        while survivor.owned_partitions() != PARTITIONS:
+            assert time.monotonic() < killed + 60, f"no takeover:\n{survivor.log_tail()}"
+            time.sleep(0.1)
+        takeover = time.monotonic() - killed
+        sender.join(120)
+        assert not sender.is_alive()
+        counted = check_every_rating_accounted_for(survivor, kafka_broker, events)
+        finished = time.monotonic() - killed
+        # per user, the first vector published after the kill (the victim's users wait for the takeover)
+        first_after = {}
+        for key, value in survivor.received["user_vectors"]:
+            if value["ts"] > killed_wall and key not in first_after:
+                first_after[key] = value["ts"] - killed_wall
+        gap = max(first_after.values())
+        # the victim comes back with its old (now stale) store: the partitions are split again, its tables
+        # catch up from the changelogs, and the next rating of every user and item counts from the right total
+        victim.start(alone=False)
+        deadline = time.monotonic() + 60
+        while not (0 < victim.owned_partitions() < PARTITIONS
+                   and survivor.owned_partitions() + victim.owned_partitions() == PARTITIONS):
+            assert time.monotonic() < deadline, f"no rebalance after the restart:\n{victim.log_tail()}"
+            time.sleep(0.2)
+        users = sorted({e["user_id"] for e in events})
+        items = sorted({e["item_id"] for e in events})
+        more = [rating(f"so{standbys}-back-{k}", user, items[k % len(items)], ts=TS + 10_000 + k)
+                for k, user in enumerate(users)]
+        send_paced(survivor, more, 0).join(60)
+        check_every_rating_accounted_for(survivor, kafka_broker, events + more)
+        assert victim.metric(ok) > 0, "the restarted worker got no partition with new ratings"
+        print(f"\nMEASURED scale-out kill -9 (standby replicas {standbys}): the victim had applied "
+              f"{victim_applied:.0f} ratings; the survivor owned all {PARTITIONS} partitions {takeover:.1f} s "
+              f"after the kill (polled every 0.1 s); per user, the first vector after the kill came at most "
+              f"{gap:.1f} s after it ({len(first_after)} users); every final vector was seen {finished:.1f} s "
+              f"after it; survivor: {counted['ok']:.0f} ratings applied fresh, {counted['redelivered']:.0f} "
+              f"re-delivered and dropped by event_id, {counted['item_dups']:.0f} duplicate item forwards dropped")
+    finally:
+        victim.close()
+        survivor.close()
