@@ -31,7 +31,7 @@ from stream_app.stream.state import (
     window_columns,
 )
 
-ROWS_PER_PREDICT = 262_144  # (user, item) pairs scored per predictor call
+ROWS_PER_PREDICT = 32_768  # (user, item) pairs scored per predictor call (each a hidden-size row)
 
 
 @dataclass
@@ -211,17 +211,14 @@ class FoldInService:
         n_items = len(self.catalogue)
         if n_items == 0 or not queries:
             return [[] for _ in queries]
-        item_vectors, item_features, ids = self.catalogue.vectors, self.catalogue.features, self.catalogue.ids
+        ids = self.catalogue.ids
+        items = self.catalogue.derived("predictor_items", self.rec.item_part)
         per_call = max(1, ROWS_PER_PREDICT // n_items)
         for start in range(0, len(queries), per_call):
             part = queries[start:start + per_call]
-            b = len(part)
             uv = np.stack([self.user_vector(q.user_id, q.state) for q in part])
             ud = np.stack([self.features("user", q.user_id, q.state) for q in part])
-            ts = np.repeat(np.asarray([q.ts for q in part], np.float64), n_items)
-            scores = self.rec.predict_rates(np.repeat(uv, n_items, axis=0), np.repeat(ud, n_items, axis=0),
-                                            np.tile(item_vectors, (b, 1)), np.tile(item_features, (b, 1)),
-                                            ts)[:, 0].reshape(b, n_items)
+            scores = self.rec.score_items(items, uv, ud, np.asarray([q.ts for q in part], np.float64))
             for q, row in zip(part, scores, strict=True):
                 excluded = self.excluded_rows(q.user_id, q.state)
                 if excluded:
