@@ -165,16 +165,15 @@ def micro(artifacts: Path, repeats: int) -> dict:
 # ---------------------------------------------------------------------------------------------- stream
 
 def noop_worker() -> None:
-    """The no-op Faust app (run as a subprocess by this script): same Faust settings, one agent that takes
+    """The no-op Faust app (run as a subprocess by this script): same Faust app class and settings, one agent that takes
     batches of the ratings topic and only counts them (served as JSON on /count)."""
-    import faust
     from faust.worker import Worker
 
-    from stream_app.app import faust_config
+    from stream_app.app import FastFetchApp, faust_config
     from stream_app.settings import Settings
 
     settings = Settings.from_env()
-    app = faust.App(settings.app_id, **faust_config(settings))
+    app = FastFetchApp(settings.app_id, **faust_config(settings))
     topic = app.topic(settings.topic_ratings, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     count = {"events": 0}
