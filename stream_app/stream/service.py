@@ -15,6 +15,7 @@ state.py) that the Faust app keeps in its tables; this class reads them and comp
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,6 @@ from stream_app.stream.state import (
     pack_vector,
     rated_ids,
     set_vector,
-    unpack_vector,
-    window_columns,
 )
 
 ROWS_PER_PREDICT = 32_768  # (user, item) pairs scored per predictor call (each a hidden-size row)
@@ -126,22 +125,20 @@ class FoldInService:
         ids = list(states)
         if not ids:
             return {}
-        record_sets, side_data = [], []
-        cat_vectors, cat_features = self.catalogue.vectors, self.catalogue.features
-        for uid in ids:
-            others, rates, ts = window_columns(states[uid])
-            n = len(others)
-            vecs = np.empty((n, self.n_dim), np.float32)
-            feats = np.empty((n, self.schema.item_dim), np.float32)
-            for j, item_id in enumerate(others):
-                row = self.catalogue.index_of(item_id)
-                if row is None:  # rated before the item side has seen it: its cold-start vector
-                    vecs[j], feats[j] = self._empty_cold["item"], self._empty_features["item"]
-                else:
-                    vecs[j], feats[j] = cat_vectors[row], cat_features[row]
-            record_sets.append(self._records("user", vecs, feats, ts, rates))
-            side_data.append(self.features("user", uid, states[uid]))
-        out = self.rec.fold_in("user", record_sets, np.stack(side_data), entity_keys=ids)
+        windows = [states[uid]["window"] for uid in ids]
+        index_of = self.catalogue.index_of
+        rows = np.fromiter((-1 if (r := index_of(e[0])) is None else r for win in windows for e in win),
+                           dtype=np.int64)
+        if len(self.catalogue):
+            vecs, feats = self.catalogue.vectors[rows], self.catalogue.features[rows]
+        else:
+            vecs = np.zeros((len(rows), self.n_dim), np.float32)
+            feats = np.zeros((len(rows), self.schema.item_dim), np.float32)
+        unknown = rows < 0  # rated before the item side has seen it: its cold-start vector
+        if unknown.any():
+            vecs[unknown], feats[unknown] = self._empty_cold["item"], self._empty_features["item"]
+        side_data = np.stack([self.features("user", uid, states[uid]) for uid in ids])
+        out = self.rec.fold_in("user", self._record_sets("user", windows, vecs, feats), side_data, entity_keys=ids)
         return dict(zip(ids, out, strict=True))
 
     def fold_in_items(self, states: dict[str, State], update_catalogue: bool = True) -> dict[str, np.ndarray]:
@@ -150,29 +147,33 @@ class FoldInService:
         ids = list(states)
         if not ids:
             return {}
-        record_sets, side_data = [], []
-        for iid in ids:
-            win = states[iid]["window"]
-            others, rates, ts = window_columns(states[iid])
-            vecs = np.zeros((len(win), self.n_dim), np.float32)
-            feats = np.zeros((len(win), self.schema.user_dim), np.float32)
-            for j, entry in enumerate(win):
-                vecs[j] = unpack_vector(entry[4])
-                for k, value in entry[5]:
-                    feats[j, k] = value
-            record_sets.append(self._records("item", vecs, feats, ts, rates))
-            side_data.append(self.features("item", iid, states[iid]))
-        out = self.rec.fold_in("item", record_sets, np.stack(side_data), entity_keys=ids)
+        windows = [states[iid]["window"] for iid in ids]
+        entries = [e for win in windows for e in win]
+        vecs = np.frombuffer(b"".join(base64.b64decode(e[4]) for e in entries), dtype="<f4").reshape(-1, self.n_dim)
+        feats = np.zeros((len(entries), self.schema.user_dim), np.float32)
+        pairs = [(j, k, value) for j, e in enumerate(entries) for k, value in e[5]]
+        if pairs:
+            j, k, value = zip(*pairs, strict=True)
+            feats[list(j), list(k)] = value
+        side_data = [self.features("item", iid, states[iid]) for iid in ids]
+        out = self.rec.fold_in("item", self._record_sets("item", windows, vecs, feats), np.stack(side_data),
+                               entity_keys=ids)
         if update_catalogue:
-            for iid, vector, feats in zip(ids, out, side_data, strict=True):
-                self.catalogue.upsert(iid, vector, feats)
+            for iid, vector, f in zip(ids, out, side_data, strict=True):
+                self.catalogue.upsert(iid, vector, f)
         return dict(zip(ids, out, strict=True))
 
-    def _records(self, side: str, vecs: np.ndarray, feats: np.ndarray, ts: list[float], rates: list) -> np.ndarray:
-        if not len(ts):  # no ratings: cold start (fold_in reads only the side data)
+    def _record_sets(self, side: str, windows: list[list], vecs: np.ndarray, feats: np.ndarray) -> list[np.ndarray]:
+        """Records of every window in one records() call, split back per entity (an empty window: no records,
+        fold_in gives its cold-start vector)."""
+        counts = [len(win) for win in windows]
+        if not sum(counts):
             width = self.n_dim + feats.shape[1] + self.schema.context_dim + self.schema.rates_dim
-            return np.zeros((0, width), np.float32)
-        return self.rec.records(side, vecs, feats, np.asarray(ts, np.float64), _rates_array(rates))
+            return [np.zeros((0, width), np.float32) for _ in windows]
+        ts = np.fromiter((e[3] for win in windows for e in win), dtype=np.float64)
+        rates = _rates_array([[e[1], e[2]] for win in windows for e in win])
+        records = self.rec.records(side, vecs, feats, ts, rates)
+        return np.split(records, np.cumsum(counts)[:-1])
 
     def fold_in(self, side: str, states: dict[str, State]) -> dict[str, np.ndarray]:
         return self.fold_in_users(states) if side == "user" else self.fold_in_items(states)
