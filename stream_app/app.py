@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -44,7 +43,6 @@ from typing import Any
 import faust
 import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder, MessageAccumulator
 from faust.streams import _current_event  # see event_context()
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -83,47 +81,12 @@ def faust_config(settings: Settings) -> dict[str, Any]:
 
 
 def producer_options(batching: bool) -> dict[str, Any]:
-    """A few ms of linger when batching is allowed everywhere (far fewer produce requests when a batch
-    publishes a lot); otherwise changelog records go one per batch (see ChangelogSafeAccumulator)."""
+    """One record per batch unless batching is allowed: tansu reports a partition's end offset as the
+    first offset of its last batch + 1, and Faust recovers a changelog only up to that end offset (and
+    refuses to start when its local store is "ahead" of it)."""
     if batching:
-        return dict(producer_linger=0.005)
-    return {}
-
-
-_ADDING_TO = contextvars.ContextVar("recsys_adding_to", default=None)  # the partition add_message is adding to
-
-
-class ChangelogSafeAccumulator(MessageAccumulator):
-    """aiokafka's accumulator, with one record per batch on changelog topics only.
-
-    tansu reports a partition's end offset as the first offset of its last batch + 1, and Faust recovers a
-    changelog only up to that end offset (and refuses to start when its local store is "ahead" of it), so
-    changelog batches must hold one record. Other topics batch as usual: with one record per batch
-    everywhere, every second record to a partition waits for the previous one's produce round trip.
-    """
-
-    async def add_message(self, tp, *args, **kwargs):
-        token = _ADDING_TO.set(tp)
-        try:
-            return await super().add_message(tp, *args, **kwargs)
-        finally:
-            _ADDING_TO.reset(token)
-
-    def create_builder(self, key_serializer=None, value_serializer=None):
-        tp = _ADDING_TO.get()
-        if tp is None or not tp.topic.endswith("-changelog"):
-            return super().create_builder(key_serializer, value_serializer)
-        transactional = self._txn_manager is not None and self._txn_manager.transactional_id is not None
-        return BatchBuilder(1, self._compression_type, is_transactional=transactional,  # the first record always fits
-                            key_serializer=key_serializer, value_serializer=value_serializer)
-
-
-class _Producer(faust_aiokafka.Producer):
-    def _new_producer(self, transactional_id=None):
-        producer = super()._new_producer(transactional_id)
-        if not self.app.conf.producer_linger:  # RECSYS_PRODUCER_BATCHING off (see producer_options)
-            producer._message_accumulator.__class__ = ChangelogSafeAccumulator
-        return producer
+        return dict(producer_linger=0.005)  # a few ms: far fewer produce requests when a batch publishes a lot
+    return dict(producer_max_batch_size=1)  # aiokafka always accepts the first record of a batch
 
 
 def consumer_timeouts(session_timeout: float) -> dict[str, float]:
@@ -172,22 +135,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
-    Producer = _Producer
 
 
 class FastFetchApp(faust.App):
-    """faust.App whose Kafka consumer waits at most FETCH_MAX_WAIT_MS for a fetch (see there), and whose
-    producer writes changelogs one record per batch unless producer batching is on (ChangelogSafeAccumulator)."""
+    """faust.App whose Kafka consumer waits at most FETCH_MAX_WAIT_MS for a fetch (see there)."""
 
     def _new_transport(self):
         if self.conf.broker_consumer[0].scheme in ("kafka", "aiokafka"):
             return _Transport(self.conf.broker_consumer, self)
         return super()._new_transport()
-
-    def _new_producer_transport(self):
-        if self.conf.broker_producer[0].scheme in ("kafka", "aiokafka"):
-            return _Transport(self.conf.broker_producer, self)
-        return super()._new_producer_transport()
 
 
 class RecsysApp(FastFetchApp):

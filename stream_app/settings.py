@@ -58,9 +58,9 @@ class Settings:
         6.0, "worker consumer-group session timeout (s): a dead worker's partitions move after this long; "
         "tansu also holds every group join for about half of it", "stream")
     producer_batching: bool = _setting(
-        False, "let the worker's producer put several records of a changelog partition in one batch (other "
-        "topics always batch) and linger 5 ms; keep it off on tansu, which reports a partition's end offset as its "
-        "last batch's first offset + 1, so changelog recovery would stop short of a multi-record batch", "stream")
+        False, "let the worker's producer put several records of a partition in one batch (faster); keep it off "
+        "on tansu, which reports a partition's end offset as its last batch's first offset + 1, so changelog "
+        "recovery would stop short of a multi-record batch", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod
