@@ -12,7 +12,7 @@ One run measures, side by side on the same broker and machine (compare the ratio
   also applied every rating). Workers: `noop` (a Faust app with the service's Faust settings and one
   agent that takes batches of the ratings topic and does nothing), `rec-off` and `rec-on` (the real
   `recsys worker` with RECSYS_RECOMMEND_ON_RATING off / on). Every Kafka message written per rating is
-  counted from the topics' end offsets (outputs, internal topic, changelogs).
+  counted afterwards by reading the run's topics (outputs, internal topic, changelogs).
 - latency: then ratings are offered at fixed rates (each by a different user) and the time from the
   produce call (the event's ts) to when a consumer here sees that user's output (recommendations for
   rec-on, user-vectors for rec-off) gives p50/p99.
@@ -254,20 +254,26 @@ class Run:
         items = int(counted(samples, f"{self.prefix}-item-updates"))
         return users, min(users, items)
 
-    def published(self) -> dict[str, int]:
-        """Messages now in every topic of this run (end offsets; one record per batch on tansu)."""
+    def published(self, idle: float = 1.5) -> dict[str, int]:
+        """Records now in every topic of this run, counted by reading them all (tansu's end offsets count a
+        multi-record batch as one record)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False, group_id=None)
         try:
-            out = {}
-            for topic in consumer.topics():
-                if not topic.startswith(self.prefix):
-                    continue
-                parts = consumer.partitions_for_topic(topic) or set()
-                ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-                out[topic[len(self.prefix) + 1:]] = int(sum(ends.values()))
-            return out
+            topics = [t for t in consumer.topics() if t.startswith(self.prefix)]
+            parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+            out = dict.fromkeys(topics, 0)
+            quiet_since = time.time()
+            while time.time() - quiet_since < idle:
+                batch = consumer.poll(timeout_ms=200, max_records=10000)
+                for tp, records in batch.items():
+                    out[tp.topic] += len(records)
+                if batch:
+                    quiet_since = time.time()
+            return {t[len(self.prefix) + 1:]: n for t, n in out.items()}
         finally:
             consumer.close()
 
@@ -403,7 +409,7 @@ def latency(run: Run, producer, rec_ids, popularity, rate: float, duration: floa
     return out
 
 
-def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | None, log) -> dict:
+def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | None, profile_kind: str, log) -> dict:
     from stream_app.broker import EmbeddedBroker, create_topics
     from stream_app.clients import json_producer
     from stream_app.core.artifacts import load_artifact
@@ -428,7 +434,7 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                     log(f"{kind}: {n} ratings pre-produced, draining ...")
                     events = rating_events(rec_ids, popularity, n, rng, distinct_users=False)
                     try:
-                        res = {"drain": drain(run, producer, events, 600, profile_svg if kind == "rec-on" else None,
+                        res = {"drain": drain(run, producer, events, 600, profile_svg if kind == profile_kind else None,
                                               log)}
                         log(f"  {res['drain']['ratings_per_s']:.0f} ratings/s "
                             f"({res['drain']['seconds']:.1f} s); messages/rating "
@@ -560,7 +566,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer ratings and shorter load phases")
     p.add_argument("--only", choices=["stream", "micro"], default=None)
     p.add_argument("--kinds", default="noop,rec-off,rec-on", help="worker configurations, in order")
-    p.add_argument("--profile", default=None, help="py-spy flame graph of the rec-on worker while it drains")
+    p.add_argument("--profile", default=None, help="py-spy flame graph (SVG path) of one worker while it drains")
+    p.add_argument("--profile-kind", default="rec-on", help="the worker --profile records (default rec-on)")
     p.add_argument("--out", default=str(RESULTS / "stream.json"))
     p.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -582,7 +589,7 @@ def main() -> int:
         log("microbenchmarks ...")
         result["micro"] = micro(artifacts, profile["micro_repeats"])
     if args.only in (None, "stream"):
-        result["stream"] = stream(artifacts, profile, args.kinds.split(","), args.profile, log)
+        result["stream"] = stream(artifacts, profile, args.kinds.split(","), args.profile, args.profile_kind, log)
     print(table(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
