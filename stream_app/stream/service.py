@@ -54,6 +54,7 @@ class FoldInService:
         self._empty_features = {"user": self.schema.encode_user({}), "item": self.schema.encode_item({})}
         self._empty_cold = {side: recommender.cold_vector(side, {}) for side in ("user", "item")}
         self._history_groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._sparse_users: dict[int, list[list]] = {}
 
     @classmethod
     def from_settings(cls, recommender: Recommender, settings) -> FoldInService:
@@ -85,8 +86,9 @@ class FoldInService:
                                for o, r, t in zip(others, rates, h.ts[last], strict=True)]
         else:
             others = h.user[last] if len(last) else []
-            ids, vecs, feats = self.rec.ids["user"], self.rec.vectors["user"], self.rec.features["user"]
-            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), pack_vector(vecs[o]), sparse(feats[o])]
+            ids, vecs = self.rec.ids["user"], self.rec.vectors["user"]
+            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), pack_vector(vecs[o]),
+                                self._sparse_user(int(o))]
                                for o, r, t in zip(others, rates, h.ts[last], strict=True)]
         state["n_ratings"] = int(len(rows))
         set_vector(state, self.rec.vectors[side][index], self.model_version)
@@ -171,7 +173,9 @@ class FoldInService:
             width = self.n_dim + feats.shape[1] + self.schema.context_dim + self.schema.rates_dim
             return [np.zeros((0, width), np.float32) for _ in windows]
         ts = np.fromiter((e[3] for win in windows for e in win), dtype=np.float64)
-        rates = _rates_array([[e[1], e[2]] for win in windows for e in win])
+        stars = np.array([e[1] for win in windows for e in win], dtype=np.float64)  # None -> NaN
+        thumbs = np.array([e[2] for win in windows for e in win], dtype=np.float64)
+        rates = np.stack([stars, thumbs], axis=1).astype(np.float32)
         records = self.rec.records(side, vecs, feats, ts, rates)
         return np.split(records, np.cumsum(counts)[:-1])
 
@@ -180,7 +184,19 @@ class FoldInService:
 
     def item_rater_columns(self, user_id: str, user_state: State | None, vector) -> tuple[str, list]:
         """What an item window entry keeps of its rater: its (new) vector (packed) and encoded side data (sparse)."""
+        if not (user_state or {}).get("side"):
+            index = self.rec.index["user"].get(user_id)
+            if index is not None:
+                return pack_vector(vector), self._sparse_user(index)
         return pack_vector(vector), sparse(self.features("user", user_id, user_state))
+
+    def _sparse_user(self, index: int) -> list[list]:
+        """sparse() of an artifact user's trained side data (fixed), computed once per user. Callers store the
+        list in state rows, so they get a copy."""
+        cached = self._sparse_users.get(index)
+        if cached is None:
+            cached = self._sparse_users[index] = sparse(self.rec.features["user"][index])
+        return [list(pair) for pair in cached]
 
     # ---------------------------------------------------------------------------------------- top-N
 
@@ -234,11 +250,6 @@ class FoldInService:
 def sparse(features) -> list[list]:
     """Encoded side data as [[index, value], ...] of its non-zero entries (mostly one-hot: a few pairs)."""
     return [[int(k), round(float(features[k]), 6)] for k in np.flatnonzero(features)]
-
-
-def _rates_array(rates: list[list[float | None]]) -> np.ndarray:
-    """[[stars, thumbs]] with None for a missing rate -> float32 [n, 2] with NaN (records() zeroes NaN)."""
-    return np.array(rates, dtype=np.float64).reshape(len(rates), 2).astype(np.float32)
 
 
 def _now() -> float:
