@@ -4,6 +4,8 @@ fold-in and top-10 microbenchmarks.
     python bench/stream.py            # ~4-6 min on 2 busy cores
     python bench/stream.py --quick    # smaller: ~2-3 min
     python bench/stream.py --profile bench/results/stream_profile.svg   # py-spy on the rec-on worker
+    python bench/stream.py --quick --kinds noop,rec-off@a9b2bca,rec-off,rec-on@a9b2bca,rec-on
+                                      # the service code of an older revision side by side (before/after)
 
 One run measures, side by side on the same broker and machine (compare the ratios, the machine is noisy):
 
@@ -194,25 +196,28 @@ class Run:
     """One worker configuration on its own topics, app id and store."""
 
     def __init__(self, kind: str, broker, artifacts: Path, tmp: Path, tag: str):
+        """kind: noop, rec-off or rec-on, optionally @REV: the service code of git revision REV (see baseline())."""
         from stream_app.broker import free_port
 
         self.kind, self.broker, self.port = kind, broker, free_port()
-        self.prefix = f"{tag}-{kind}"
+        self.base, _, rev = kind.partition("@")
+        source = str(ROOT) if not rev else os.pathsep.join(map(str, baseline(rev)))
+        self.prefix = f"{tag}-{kind.replace('@', '-')}"
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
                         "recommendations", "dead-letters")}
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+        self.env = dict(os.environ, PYTHONPATH=source, PYTHONUNBUFFERED="1",
                         RECSYS_BROKER_URL=broker.url, RECSYS_ARTIFACTS_DIR=str(artifacts),
-                        RECSYS_STORE_DIR=str(tmp / f"stores-{kind}"), RECSYS_WEB_PORT=str(self.port),
+                        RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
                         RECSYS_APP_ID=self.prefix, RECSYS_PARTITIONS=str(PARTITIONS),
-                        RECSYS_RECOMMEND_ON_RATING="true" if kind == "rec-on" else "false",
+                        RECSYS_RECOMMEND_ON_RATING="true" if self.base == "rec-on" else "false",
                         **{f"RECSYS_TOPIC_{k.upper().replace('-', '_').replace('RECOMMEND_REQUESTS', 'REQUESTS')}": v
                            for k, v in self.topics.items()})
-        self.log_path = tmp / f"worker-{kind}.log"
+        self.log_path = tmp / f"worker-{self.prefix}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--noop-worker"] if self.kind == "noop" else \
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--noop-worker"] if self.base == "noop" else \
             [sys.executable, "-m", "stream_app.cli", "worker", "--quiet", "--log-level", "warning"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -242,7 +247,7 @@ class Run:
 
         from stream_app.commands.demo import counted, read_metrics
 
-        if self.kind == "noop":
+        if self.base == "noop":
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/count", timeout=2) as response:
                     n = int(json.loads(response.read())["events"])
@@ -276,6 +281,31 @@ class Run:
             return {t[len(self.prefix) + 1:]: n for t, n in out.items()}
         finally:
             consumer.close()
+
+
+def main_output(kind: str) -> str:
+    """The output whose latency is reported: the top-N list with recommendations on, else the user vector."""
+    return "recommendations" if kind.startswith("rec-on") else "user-vectors"
+
+
+def baseline(rev: str) -> list[Path]:
+    """PYTHONPATH entries that run the service code of git revision `rev` (its stream_app/, extracted once into
+    bench/.cache/) with this venv, without orjson (which Faust would otherwise pick up) unless `rev` lists it."""
+    commit = subprocess.run(["git", "rev-parse", "--short=10", rev], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    tree = CACHE / f"baseline-{commit}"
+    if not (tree / "stream_app").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "stream_app", "pyproject.toml"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    paths = [tree]
+    if "orjson" not in (tree / "pyproject.toml").read_text():
+        stub = CACHE / "no-orjson"
+        stub.mkdir(parents=True, exist_ok=True)
+        (stub / "orjson.py").write_text('raise ImportError("orjson hidden: the baseline did not depend on it")\n')
+        paths.insert(0, stub)
+    return paths
 
 
 def rating_events(rec_ids: dict, popularity: np.ndarray, n: int, rng: np.random.Generator, distinct_users: bool,
@@ -373,7 +403,7 @@ class OutputWatcher(threading.Thread):
 
 
 def latency(run: Run, producer, rec_ids, popularity, rate: float, duration: float, rng, log) -> dict:
-    outputs = ["recommendations", "user-vectors"] if run.kind == "rec-on" else ["user-vectors"]
+    outputs = ["recommendations", "user-vectors"] if run.base == "rec-on" else ["user-vectors"]
     watcher = OutputWatcher(run.broker.bootstrap, [run.topics[t] for t in outputs])
     watcher.start()
     n = int(rate * duration)
@@ -430,7 +460,7 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                 for kind in kinds:
                     run = Run(kind, broker, artifacts, tmp, tag)
                     create_topics(broker.bootstrap, {run.topics["ratings"]: PARTITIONS})
-                    n = profile["drain"] * (NOOP_FACTOR if kind == "noop" else 1)
+                    n = profile["drain"] * (NOOP_FACTOR if run.base == "noop" else 1)
                     log(f"{kind}: {n} ratings pre-produced, draining ...")
                     events = rating_events(rec_ids, popularity, n, rng, distinct_users=False)
                     try:
@@ -439,12 +469,12 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                         log(f"  {res['drain']['ratings_per_s']:.0f} ratings/s "
                             f"({res['drain']['seconds']:.1f} s); messages/rating "
                             + ", ".join(f"{k} {v:.2f}" for k, v in res["drain"]["messages_per_rating"].items()))
-                        if kind != "noop":
+                        if run.base != "noop":
                             res["latency"] = {}
                             for rate, duration in profile["loads"]:
                                 lat = latency(run, producer, rec_ids, popularity, rate, duration, rng, log)
                                 res["latency"][str(rate)] = lat
-                                main = lat["recommendations" if kind == "rec-on" else "user-vectors"]
+                                main = lat[main_output(kind)]
                                 log(f"  offered {lat['offered_per_s']:.0f}/s: p50 {main['p50_ms']} ms, "
                                     f"p99 {main['p99_ms']} ms ({main['received']}/{lat['events']} outputs)")
                     finally:
@@ -499,7 +529,7 @@ def table(result: dict) -> str:
             lat = "  ".join(
                 f"{k}/s: {fmt(v[m]['p50_ms'])}/{fmt(v[m]['p99_ms'])} ({v[m]['received']}/{v['events']})"
                 for k, v in res.get("latency", {}).items()
-                for m in ["recommendations" if kind == "rec-on" else "user-vectors"])
+                for m in [main_output(kind)])
             lines.append(f"{kind:8} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f}   {lat}")
     m = result.get("micro")
     if m:
@@ -522,12 +552,14 @@ def plot(result: dict, path: Path) -> None:
     if s:
         kinds = list(s)
         axes[0].bar(kinds, [s[k]["drain"]["ratings_per_s"] for k in kinds],
-                    color=["grey", "tab:blue", "tab:orange"][:len(kinds)])
+                    color=[{"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}[k.split("@")[0]]
+                           for k in kinds], alpha=1.0)
+        axes[0].tick_params(axis="x", labelsize=7)
         axes[0].set_title("saturated ratings/s per worker")
         labels, p50, p99 = [], [], []
         for k in kinds:
             for rate, v in s[k].get("latency", {}).items():
-                m = v["recommendations" if k == "rec-on" else "user-vectors"]
+                m = v[main_output(k)]
                 labels.append(f"{k}\n{rate}/s")
                 p50.append(m["p50_ms"] or 0)
                 p99.append(m["p99_ms"] or 0)
@@ -565,7 +597,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer ratings and shorter load phases")
     p.add_argument("--only", choices=["stream", "micro"], default=None)
-    p.add_argument("--kinds", default="noop,rec-off,rec-on", help="worker configurations, in order")
+    p.add_argument("--kinds", default="noop,rec-off,rec-on",
+                   help="worker configurations, in order: noop, rec-off, rec-on, each optionally @REV to run the "
+                        "service code of git revision REV (e.g. rec-on@a9b2bca) in the same run")
     p.add_argument("--profile", default=None, help="py-spy flame graph (SVG path) of one worker while it drains")
     p.add_argument("--profile-kind", default="rec-on", help="the worker --profile records (default rec-on)")
     p.add_argument("--out", default=str(RESULTS / "stream.json"))
