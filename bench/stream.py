@@ -202,7 +202,7 @@ class Run:
         self.kind, self.broker, self.port = kind, broker, free_port()
         self.base, _, rev = kind.partition("@")
         source = str(ROOT) if not rev else os.pathsep.join(map(str, baseline(rev)))
-        self.prefix = f"{tag}-{kind.replace('@', '-')}"
+        self.prefix = f"{tag}-{rev}-{self.base}" if rev else f"{tag}-{self.base}"  # no run's prefix starts another's
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
                         "recommendations", "dead-letters")}
@@ -520,7 +520,7 @@ def table(result: dict) -> str:
     s = result.get("stream", {})
     noop = s.get("noop", {}).get("drain", {}).get("ratings_per_s")
     if s:
-        lines.append(f"{'worker':8} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16}   "
+        lines.append(f"{'worker':16} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16}   "
                      "latency p50/p99 ms by offered load")
         for kind, res in s.items():
             d = res["drain"]
@@ -530,7 +530,7 @@ def table(result: dict) -> str:
                 f"{k}/s: {fmt(v[m]['p50_ms'])}/{fmt(v[m]['p99_ms'])} ({v[m]['received']}/{v['events']})"
                 for k, v in res.get("latency", {}).items()
                 for m in [main_output(kind)])
-            lines.append(f"{kind:8} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f}   {lat}")
+            lines.append(f"{kind:16} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f}   {lat}")
     m = result.get("micro")
     if m:
         f = m["foldin_vectors_per_s"]
@@ -555,19 +555,20 @@ def plot(result: dict, path: Path) -> None:
                     color=[{"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}[k.split("@")[0]]
                            for k in kinds], alpha=1.0)
         axes[0].tick_params(axis="x", labelsize=7)
-        axes[0].set_title("saturated ratings/s per worker")
+        axes[0].set_yscale("log")
+        axes[0].set_title("saturated ratings/s per worker (log)")
         labels, p50, p99 = [], [], []
         for k in kinds:
             for rate, v in s[k].get("latency", {}).items():
                 m = v[main_output(k)]
-                labels.append(f"{k}\n{rate}/s")
+                labels.append(f"{k} {rate}/s")
                 p50.append(m["p50_ms"] or 0)
                 p99.append(m["p99_ms"] or 0)
         x = np.arange(len(labels))
         axes[1].bar(x - 0.2, p50, 0.4, label="p50")
         axes[1].bar(x + 0.2, p99, 0.4, label="p99")
         axes[1].axhline(100, color="red", lw=0.8, ls="--")
-        axes[1].set_xticks(x, labels, fontsize=8)
+        axes[1].set_xticks(x, labels, fontsize=7, rotation=60)
         axes[1].set_yscale("log")
         axes[1].set_title("event-to-publish latency (ms)")
         axes[1].legend()
