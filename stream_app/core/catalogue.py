@@ -19,6 +19,7 @@ class Catalogue:
         self._vectors = np.array(vectors, dtype=np.float32, copy=True).reshape(n, -1)
         self._features = np.array(features, dtype=np.float32, copy=True).reshape(n, -1)
         self.version = 0  # bumped on every change, so callers can cache derived arrays
+        self._derived: dict = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -37,6 +38,13 @@ class Catalogue:
     @property
     def features(self) -> np.ndarray:
         return self._features[: len(self._ids)]
+
+    def derived(self, key, compute):
+        """compute(vectors, features), cached until the catalogue changes (e.g. the predictor's item part)."""
+        hit = self._derived.get(key)
+        if hit is None or hit[0] != self.version:
+            hit = self._derived[key] = (self.version, compute(self.vectors, self.features))
+        return hit[1]
 
     def index_of(self, raw_id: object) -> int | None:
         return self._index.get(str(raw_id))

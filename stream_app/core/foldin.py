@@ -134,6 +134,22 @@ class Recommender:
         stars = self.schema.decode_stars(raw[:, 0].clamp(-1, 1).numpy())
         return np.stack([stars, torch.sigmoid(raw[:, 1]).numpy()], axis=1)
 
+    @torch.no_grad()
+    def item_part(self, item_vecs: np.ndarray, item_data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """What scoring these items needs once (see score_items): (item vectors, their first-layer share)."""
+        vecs = torch.from_numpy(np.array(item_vecs, np.float32))
+        return vecs, self.model.predictor.item_part(vecs, torch.from_numpy(np.array(item_data, np.float32)))
+
+    @torch.no_grad()
+    def score_items(self, items: tuple[torch.Tensor, torch.Tensor], user_vecs, user_data, ts) -> np.ndarray:
+        """[B, n_items] predicted stars of every item (`items` from item_part) for B users at times ts [B];
+        the same numbers as predict_rates()[:, 0] on every pair, with the item side computed once."""
+        t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
+        vecs, part = items
+        raw = self.model.predictor.score_items(part, vecs, t(user_vecs), t(user_data),
+                                               t(self.schema.encode_context(np.asarray(ts))))
+        return self.schema.decode_stars(raw[..., 0].clamp(-1, 1).numpy())
+
     def predict(self, user: int, items: np.ndarray, ts: float | None = None,
                 user_vector: np.ndarray | None = None, user_data: np.ndarray | None = None) -> np.ndarray:
         """Predicted stars of known items for a known user (or a folded-in vector)."""
@@ -153,10 +169,8 @@ class Recommender:
         passes its live catalogue's arrays), skipping the rows in `exclude`."""
         vectors = self.vectors["item"] if item_vectors is None else item_vectors
         features = self.features["item"] if item_features is None else item_features
-        n_items = len(vectors)
-        scores = self.predict_rates(np.broadcast_to(user_vector, (n_items, self.n_dim)),
-                                    np.broadcast_to(user_data, (n_items, len(user_data))),
-                                    vectors, features, np.full(n_items, _now() if ts is None else ts))[:, 0]
+        scores = self.score_items(self.item_part(vectors, features), np.asarray(user_vector)[None],
+                                  np.asarray(user_data)[None], [_now() if ts is None else ts])[0]
         if exclude is not None and len(exclude):
             scores[np.fromiter(exclude, dtype=np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -65,6 +66,23 @@ class SetEncoder(nn.Module):
     def forward(self, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.pool(self.embed(records), mask)
 
+    def pool_rows(self, records: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """pool(embed(records[index]), mask) for index/mask [B, K, M] without building the [B, K, M, hidden]
+        tensor: each record used is embedded once, then every subset is a weighted sum (embedding_bag)."""
+        b, k, m = index.shape
+        flat = index.reshape(-1)
+        if flat.numel() < records.shape[0]:
+            rows, flat = torch.unique(flat, return_inverse=True)
+            table = self.embed(records[rows])
+        else:
+            table = self.embed(records)
+        weight = mask.to(table.dtype)
+        count = weight.sum(-1, keepdim=True)  # [B, K, 1]
+        weight = (weight / count.clamp(min=1.0)).reshape(b * k, m)
+        mean = F.embedding_bag(flat.reshape(b * k, m), table, per_sample_weights=weight, mode="sum")
+        fullness = torch.log1p(count) / math.log1p(self.m)
+        return self.rho(torch.cat([mean.view(b, k, -1), fullness], dim=-1))
+
 
 class ConcatDecoder(nn.Module):
     """The seeds' decoder: code -> all M records (input and target are the same records)."""
@@ -112,9 +130,33 @@ class Predictor(nn.Module):
                  dropout: float, n_rates: int):
         super().__init__()
         in_dim = 3 * n_dim + user_dim + item_dim + context_dim
+        self.blocks = [n_dim, n_dim, n_dim, user_dim, item_dim, context_dim]  # input blocks of forward()
         self.body = mlp([in_dim, hidden, hidden // 2], dropout, nn.ReLU())
         self.heads = nn.Linear(hidden // 2, n_rates)
 
     def forward(self, user_vec, user_data, item_vec, item_data, context) -> torch.Tensor:
         x = torch.cat([user_vec, item_vec, user_vec * item_vec, user_data, item_data, context], dim=-1)
         return self.heads(self.body(x))
+
+    # Scoring many items for a few users (top-N). The first layer is linear in each input block:
+    # W [u, i, u*i, ud, id, c] + b = (W_i i + W_id id + b)   item part: once per catalogue change
+    #                              + (W_u u + W_ud ud + W_c c)  user part: once per user
+    #                              + (W_ui * u) i               interaction: [n_items, N] x [N, hidden] per user
+    def _first_blocks(self) -> list[torch.Tensor]:
+        return list(torch.split(self.body[0].weight, self.blocks, dim=1))
+
+    def item_part(self, item_vec: torch.Tensor, item_data: torch.Tensor) -> torch.Tensor:
+        """[n_items, hidden]: the items' share of the first layer, bias included."""
+        _, w_i, _, _, w_id, _ = self._first_blocks()
+        return torch.addmm(self.body[0].bias, item_vec, w_i.T).addmm_(item_data, w_id.T)
+
+    def score_items(self, item_part: torch.Tensor, item_vec: torch.Tensor, user_vec: torch.Tensor,
+                    user_data: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """[B, n_items, n_rates]: forward() of every (user b, item) pair, from item_part() of the items."""
+        w_u, _, w_ui, w_ud, _, w_c = self._first_blocks()
+        user_part = user_vec @ w_u.T + user_data @ w_ud.T + context @ w_c.T  # [B, hidden]
+        inter = torch.matmul(item_vec, (w_ui.unsqueeze(0) * user_vec.unsqueeze(1)).transpose(1, 2))
+        hidden = torch.relu_(inter.add_(item_part).add_(user_part.unsqueeze(1)))
+        for layer in list(self.body)[2:]:
+            hidden = layer(hidden)
+        return self.heads(hidden)

@@ -92,10 +92,9 @@ def encode_entities(encoder: torch.nn.Module, records: torch.Tensor, start: torc
     else:
         pos, mask = sample_positions(count, k, encoder.m, generator, exclude)
     index, mask = subset_index(start, pos, records), mask.to(records.device)
-    if hasattr(encoder, "embed") and not encoder.training:
+    if hasattr(encoder, "pool_rows") and not encoder.training:
         # Set encoder at inference: embed each record once, then pool the subsets.
-        rows, inverse = torch.unique(index, return_inverse=True)
-        return encoder.pool(encoder.embed(records[rows])[inverse], mask)
+        return encoder.pool_rows(records, index, mask)
     return encoder(records[index], mask)
 
 

@@ -15,6 +15,7 @@ state.py) that the Faust app keeps in its tables; this class reads them and comp
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +28,9 @@ from stream_app.stream.state import (
     pack_vector,
     rated_ids,
     set_vector,
-    unpack_vector,
-    window_columns,
 )
 
-ROWS_PER_PREDICT = 262_144  # (user, item) pairs scored per predictor call
+ROWS_PER_PREDICT = 32_768  # (user, item) pairs scored per predictor call (each a hidden-size row)
 
 
 @dataclass
@@ -55,6 +54,7 @@ class FoldInService:
         self._empty_features = {"user": self.schema.encode_user({}), "item": self.schema.encode_item({})}
         self._empty_cold = {side: recommender.cold_vector(side, {}) for side in ("user", "item")}
         self._history_groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._sparse_users: dict[int, list[list]] = {}
 
     @classmethod
     def from_settings(cls, recommender: Recommender, settings) -> FoldInService:
@@ -86,8 +86,9 @@ class FoldInService:
                                for o, r, t in zip(others, rates, h.ts[last], strict=True)]
         else:
             others = h.user[last] if len(last) else []
-            ids, vecs, feats = self.rec.ids["user"], self.rec.vectors["user"], self.rec.features["user"]
-            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), pack_vector(vecs[o]), sparse(feats[o])]
+            ids, vecs = self.rec.ids["user"], self.rec.vectors["user"]
+            state["window"] = [[ids[o], float(r[0]), float(r[1]), float(t), pack_vector(vecs[o]),
+                                self._sparse_user(int(o))]
                                for o, r, t in zip(others, rates, h.ts[last], strict=True)]
         state["n_ratings"] = int(len(rows))
         set_vector(state, self.rec.vectors[side][index], self.model_version)
@@ -126,22 +127,20 @@ class FoldInService:
         ids = list(states)
         if not ids:
             return {}
-        record_sets, side_data = [], []
-        cat_vectors, cat_features = self.catalogue.vectors, self.catalogue.features
-        for uid in ids:
-            others, rates, ts = window_columns(states[uid])
-            n = len(others)
-            vecs = np.empty((n, self.n_dim), np.float32)
-            feats = np.empty((n, self.schema.item_dim), np.float32)
-            for j, item_id in enumerate(others):
-                row = self.catalogue.index_of(item_id)
-                if row is None:  # rated before the item side has seen it: its cold-start vector
-                    vecs[j], feats[j] = self._empty_cold["item"], self._empty_features["item"]
-                else:
-                    vecs[j], feats[j] = cat_vectors[row], cat_features[row]
-            record_sets.append(self._records("user", vecs, feats, ts, rates))
-            side_data.append(self.features("user", uid, states[uid]))
-        out = self.rec.fold_in("user", record_sets, np.stack(side_data), entity_keys=ids)
+        windows = [states[uid]["window"] for uid in ids]
+        index_of = self.catalogue.index_of
+        rows = np.fromiter((-1 if (r := index_of(e[0])) is None else r for win in windows for e in win),
+                           dtype=np.int64)
+        if len(self.catalogue):
+            vecs, feats = self.catalogue.vectors[rows], self.catalogue.features[rows]
+        else:
+            vecs = np.zeros((len(rows), self.n_dim), np.float32)
+            feats = np.zeros((len(rows), self.schema.item_dim), np.float32)
+        unknown = rows < 0  # rated before the item side has seen it: its cold-start vector
+        if unknown.any():
+            vecs[unknown], feats[unknown] = self._empty_cold["item"], self._empty_features["item"]
+        side_data = np.stack([self.features("user", uid, states[uid]) for uid in ids])
+        out = self.rec.fold_in("user", self._record_sets("user", windows, vecs, feats), side_data, entity_keys=ids)
         return dict(zip(ids, out, strict=True))
 
     def fold_in_items(self, states: dict[str, State], update_catalogue: bool = True) -> dict[str, np.ndarray]:
@@ -150,36 +149,54 @@ class FoldInService:
         ids = list(states)
         if not ids:
             return {}
-        record_sets, side_data = [], []
-        for iid in ids:
-            win = states[iid]["window"]
-            others, rates, ts = window_columns(states[iid])
-            vecs = np.zeros((len(win), self.n_dim), np.float32)
-            feats = np.zeros((len(win), self.schema.user_dim), np.float32)
-            for j, entry in enumerate(win):
-                vecs[j] = unpack_vector(entry[4])
-                for k, value in entry[5]:
-                    feats[j, k] = value
-            record_sets.append(self._records("item", vecs, feats, ts, rates))
-            side_data.append(self.features("item", iid, states[iid]))
-        out = self.rec.fold_in("item", record_sets, np.stack(side_data), entity_keys=ids)
+        windows = [states[iid]["window"] for iid in ids]
+        entries = [e for win in windows for e in win]
+        vecs = np.frombuffer(b"".join(base64.b64decode(e[4]) for e in entries), dtype="<f4").reshape(-1, self.n_dim)
+        feats = np.zeros((len(entries), self.schema.user_dim), np.float32)
+        pairs = [(j, k, value) for j, e in enumerate(entries) for k, value in e[5]]
+        if pairs:
+            j, k, value = zip(*pairs, strict=True)
+            feats[list(j), list(k)] = value
+        side_data = [self.features("item", iid, states[iid]) for iid in ids]
+        out = self.rec.fold_in("item", self._record_sets("item", windows, vecs, feats), np.stack(side_data),
+                               entity_keys=ids)
         if update_catalogue:
-            for iid, vector, feats in zip(ids, out, side_data, strict=True):
-                self.catalogue.upsert(iid, vector, feats)
+            for iid, vector, f in zip(ids, out, side_data, strict=True):
+                self.catalogue.upsert(iid, vector, f)
         return dict(zip(ids, out, strict=True))
 
-    def _records(self, side: str, vecs: np.ndarray, feats: np.ndarray, ts: list[float], rates: list) -> np.ndarray:
-        if not len(ts):  # no ratings: cold start (fold_in reads only the side data)
+    def _record_sets(self, side: str, windows: list[list], vecs: np.ndarray, feats: np.ndarray) -> list[np.ndarray]:
+        """Records of every window in one records() call, split back per entity (an empty window: no records,
+        fold_in gives its cold-start vector)."""
+        counts = [len(win) for win in windows]
+        if not sum(counts):
             width = self.n_dim + feats.shape[1] + self.schema.context_dim + self.schema.rates_dim
-            return np.zeros((0, width), np.float32)
-        return self.rec.records(side, vecs, feats, np.asarray(ts, np.float64), _rates_array(rates))
+            return [np.zeros((0, width), np.float32) for _ in windows]
+        ts = np.fromiter((e[3] for win in windows for e in win), dtype=np.float64)
+        stars = np.array([e[1] for win in windows for e in win], dtype=np.float64)  # None -> NaN
+        thumbs = np.array([e[2] for win in windows for e in win], dtype=np.float64)
+        rates = np.stack([stars, thumbs], axis=1).astype(np.float32)
+        records = self.rec.records(side, vecs, feats, ts, rates)
+        return np.split(records, np.cumsum(counts)[:-1])
 
     def fold_in(self, side: str, states: dict[str, State]) -> dict[str, np.ndarray]:
         return self.fold_in_users(states) if side == "user" else self.fold_in_items(states)
 
     def item_rater_columns(self, user_id: str, user_state: State | None, vector) -> tuple[str, list]:
         """What an item window entry keeps of its rater: its (new) vector (packed) and encoded side data (sparse)."""
+        if not (user_state or {}).get("side"):
+            index = self.rec.index["user"].get(user_id)
+            if index is not None:
+                return pack_vector(vector), self._sparse_user(index)
         return pack_vector(vector), sparse(self.features("user", user_id, user_state))
+
+    def _sparse_user(self, index: int) -> list[list]:
+        """sparse() of an artifact user's trained side data (fixed), computed once per user. Callers store the
+        list in state rows, so they get a copy."""
+        cached = self._sparse_users.get(index)
+        if cached is None:
+            cached = self._sparse_users[index] = sparse(self.rec.features["user"][index])
+        return [list(pair) for pair in cached]
 
     # ---------------------------------------------------------------------------------------- top-N
 
@@ -211,17 +228,14 @@ class FoldInService:
         n_items = len(self.catalogue)
         if n_items == 0 or not queries:
             return [[] for _ in queries]
-        item_vectors, item_features, ids = self.catalogue.vectors, self.catalogue.features, self.catalogue.ids
+        ids = self.catalogue.ids
+        items = self.catalogue.derived("predictor_items", self.rec.item_part)
         per_call = max(1, ROWS_PER_PREDICT // n_items)
         for start in range(0, len(queries), per_call):
             part = queries[start:start + per_call]
-            b = len(part)
             uv = np.stack([self.user_vector(q.user_id, q.state) for q in part])
             ud = np.stack([self.features("user", q.user_id, q.state) for q in part])
-            ts = np.repeat(np.asarray([q.ts for q in part], np.float64), n_items)
-            scores = self.rec.predict_rates(np.repeat(uv, n_items, axis=0), np.repeat(ud, n_items, axis=0),
-                                            np.tile(item_vectors, (b, 1)), np.tile(item_features, (b, 1)),
-                                            ts)[:, 0].reshape(b, n_items)
+            scores = self.rec.score_items(items, uv, ud, np.asarray([q.ts for q in part], np.float64))
             for q, row in zip(part, scores, strict=True):
                 excluded = self.excluded_rows(q.user_id, q.state)
                 if excluded:
@@ -236,11 +250,6 @@ class FoldInService:
 def sparse(features) -> list[list]:
     """Encoded side data as [[index, value], ...] of its non-zero entries (mostly one-hot: a few pairs)."""
     return [[int(k), round(float(features[k]), 6)] for k in np.flatnonzero(features)]
-
-
-def _rates_array(rates: list[list[float | None]]) -> np.ndarray:
-    """[[stars, thumbs]] with None for a missing rate -> float32 [n, 2] with NaN (records() zeroes NaN)."""
-    return np.array(rates, dtype=np.float64).reshape(len(rates), 2).astype(np.float32)
 
 
 def _now() -> float:
