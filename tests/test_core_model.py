@@ -191,3 +191,22 @@ def _r2(x: np.ndarray, y: np.ndarray) -> float:
     coef, *_ = np.linalg.lstsq(x1, y, rcond=None)
     resid = y - x1 @ coef
     return float(np.mean(1 - resid.var(axis=0) / y.var(axis=0)))
+
+
+def test_fold_in_shrinks_few_ratings_toward_the_cold_start_vector(planted, trained):
+    _, split = planted
+    rec, _ = trained
+    t = split.train
+    rows = np.nonzero(t.user == 5)[0]
+    side = rec.features["user"][[5, 5]]
+    one, many = (rec.records_from_ratings("user", t.item[r], t.rating[r], t.ts[r]) for r in (rows[:1], rows))
+    cold = rec.fold_in("user", [one[:0]], side[:1])[0]
+    for records in (one, many):
+        raw = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=0.0)[0]
+        shrunk = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=4.0)[0]
+        n = len(records)
+        np.testing.assert_allclose(shrunk, (n * raw + 4.0 * cold) / (n + 4.0), rtol=1e-5, atol=1e-6)
+    # one rating is mostly prior, many ratings mostly data
+    raw_one = rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=0.0)[0]
+    assert np.linalg.norm(rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=4.0)[0] - cold) < \
+        np.linalg.norm(raw_one - cold)

@@ -1,8 +1,9 @@
 """The serving API: fold-in of users and items with the frozen encoders, prediction, top-N.
 
 Nothing here takes a gradient step. An entity's vector is the mean of K codes of random
-M-subsets of its ratings, corrected by the breathing map frozen at training time; an entity with
-no ratings gets its cold-start vector from side data. Sampling is seeded per entity (from the
+M-subsets of its ratings, corrected by the breathing map frozen at training time, then shrunk
+toward its cold-start vector (from side data) as if that were `foldin_prior` extra ratings; an
+entity with no ratings gets the cold-start vector itself. Sampling is seeded per entity (from the
 seed and the entity's index), so a vector does not depend on which batch it was folded in.
 """
 
@@ -76,11 +77,13 @@ class Recommender:
     # ---- fold-in ---------------------------------------------------------------------------
     @torch.no_grad()
     def fold_in(self, side: str, record_sets: list[np.ndarray], side_data: np.ndarray,
-                entity_keys: list[int | str] | None = None, seed: int | None = None) -> np.ndarray:
+                entity_keys: list[int | str] | None = None, seed: int | None = None,
+                prior: float | None = None) -> np.ndarray:
         """Vectors [B, N] for B entities from their records (one [n_b, D] array each).
 
         side_data: [B, user_dim or item_dim] encoded side data (cold start when n_b == 0).
         entity_keys: ints or strs (e.g. raw ids) that seed each entity's sampling (default: batch position).
+        prior: pseudo-rating weight of the cold-start vector (default: the config's foldin_prior).
         """
         b = len(record_sets)
         side_data = torch.as_tensor(np.asarray(side_data, np.float32).reshape(b, -1))
@@ -93,7 +96,8 @@ class Recommender:
             seeds = [entity_seed(seed, side, keys[i]) for i in torch.nonzero(has).flatten().tolist()]
             codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
                                     self.model.config.k_samples, seeds=seeds)
-            out[has] = self.model.to_vector(side, codes.mean(dim=1))
+            vectors = self.model.to_vector(side, codes.mean(dim=1))
+            out[has] = self.model.shrink_to_cold(side, vectors, out[has], count[has], prior)
         return out.numpy()
 
     def cold_vector(self, side: str, side_dict: dict) -> np.ndarray:

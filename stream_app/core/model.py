@@ -62,6 +62,13 @@ class AEVecModel(nn.Module):
         ones = torch.ones(*data.shape[:-1], 1, dtype=data.dtype)
         return torch.cat([data, ones], dim=-1) @ weights
 
+    def shrink_to_cold(self, side: str, vectors: torch.Tensor, cold: torch.Tensor, count: torch.Tensor,
+                       prior: float | None = None) -> torch.Tensor:
+        """(n * vector + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings."""
+        c = self.config.foldin_prior if prior is None else prior
+        n = count.to(vectors.dtype).unsqueeze(-1)
+        return (n * vectors + c * cold) / (n + c)
+
     def fit_cold_start(self, side: str, data: torch.Tensor, vectors: torch.Tensor) -> None:
         x = torch.cat([data, torch.ones(data.shape[0], 1)], dim=1).double()
         penalty = self.config.cold_ridge * torch.eye(x.shape[1], dtype=torch.float64)

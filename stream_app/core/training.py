@@ -351,19 +351,19 @@ class Trainer:
         return rec
 
     def _fold_in_all(self, rec: Recommender, data: RatingData) -> None:
-        has_ratings = {}
-        for side in SIDES:
-            vectors, has = fold_in_dataset(rec, data, side)
+        counts = {}
+        for side in SIDES:  # unshrunk: the cold-start regression is fitted to what the encoders say
+            vectors, has = fold_in_dataset(rec, data, side, prior=0.0)
             rec.vectors[side] = vectors
-            has_ratings[side] = has
-        for side in SIDES:  # cold start: fit on entities with ratings, apply to the others
-            has = has_ratings[side]
+            counts[side] = np.bincount(data.user if side == "user" else data.item, minlength=len(vectors))
+        for side in SIDES:  # cold start: fit on entities with ratings; shrink every vector toward it
+            has = counts[side] > 0
             if has.any():
                 rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
                                          torch.from_numpy(rec.vectors[side][has]))
-            if (~has).any():
-                cold = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side][~has]))
-                rec.vectors[side][~has] = cold.detach().numpy()
+            cold = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side]))
+            rec.vectors[side] = rec.model.shrink_to_cold(side, torch.from_numpy(rec.vectors[side]), cold,
+                                                         torch.from_numpy(counts[side])).numpy()
 
     # ---- helpers -------------------------------------------------------------------------------
     def _hold_out_validation(self, data: RatingData) -> tuple[RatingData, RatingData | None]:
@@ -427,7 +427,8 @@ class Trainer:
         return TrainState(ckpt["tables"], ckpt["round"], ckpt["history"])
 
 
-def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 512,
+                    prior: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fold in every `side` entity of `data` from all its ratings. Returns (vectors, has_ratings)."""
     entity = data.user if side == "user" else data.item
     other_entity = data.item if side == "user" else data.user
@@ -443,7 +444,7 @@ def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 
             rows = order[bounds[e]:bounds[e + 1]]
             sets.append(rec.records_from_ratings(side, other_entity[rows], data.rating[rows], data.ts[rows]))
         keys = [rec.ids[side][e] for e in chunk]
-        vectors[chunk] = rec.fold_in(side, sets, rec.features[side][chunk], entity_keys=keys)
+        vectors[chunk] = rec.fold_in(side, sets, rec.features[side][chunk], entity_keys=keys, prior=prior)
     return vectors, has
 
 
