@@ -67,7 +67,8 @@ class AEVecModel(nn.Module):
         """(n * vector + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings."""
         c = self.config.foldin_prior if prior is None else prior
         n = count.to(vectors.dtype).unsqueeze(-1)
-        return (n * vectors + c * cold) / (n + c)
+        weight = n / (n + c).clamp(min=1e-12)  # 0 for an entity with no ratings, even when c = 0
+        return cold + weight * (vectors - cold)
 
     def fit_cold_start(self, side: str, data: torch.Tensor, vectors: torch.Tensor) -> None:
         x = torch.cat([data, torch.ones(data.shape[0], 1)], dim=1).double()
