@@ -105,6 +105,12 @@ def test_refinement_recovers_planted_structure_and_does_not_collapse(planted, tr
         learned = _r2(vectors, planted_bias)
         random = _r2(np.random.default_rng(0).normal(size=vectors.shape), planted_bias)
         assert learned > 0.45 and random < 0.1, (side, learned, random)
+    # The planted factors are recovered only weakly: user vectors explain R^2 ~0.12 of them (random
+    # vectors ~0.03); item vectors no better than random (~0.04): the known open weakness (README).
+    factors = data.extras["user_factors"]
+    learned = _r2(rec.vectors["user"], factors)
+    random = _r2(np.random.default_rng(0).normal(size=rec.vectors["user"].shape), factors)
+    assert learned > 2 * random, (learned, random)
     rounds = report["rounds"]
     assert len(rounds) == SMALL["rounds"]
     assert rounds[-1]["convergence"]["user"] < rounds[0]["convergence"]["user"]
