@@ -97,7 +97,7 @@ class Recommender:
             codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
                                     self.model.config.k_samples, seeds=seeds)
             vectors = self.model.to_vector(side, codes.mean(dim=1))
-            out[has] = self.model.shrink_to_cold(side, vectors, out[has], count[has], prior)
+            out[has] = self.model.shrink_to_cold(vectors, out[has], count[has], prior)
         return out.numpy()
 
     def cold_vector(self, side: str, side_dict: dict) -> np.ndarray:

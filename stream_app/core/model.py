@@ -62,7 +62,7 @@ class AEVecModel(nn.Module):
         ones = torch.ones(*data.shape[:-1], 1, dtype=data.dtype)
         return torch.cat([data, ones], dim=-1) @ weights
 
-    def shrink_to_cold(self, side: str, vectors: torch.Tensor, cold: torch.Tensor, count: torch.Tensor,
+    def shrink_to_cold(self, vectors: torch.Tensor, cold: torch.Tensor, count: torch.Tensor,
                        prior: float | None = None) -> torch.Tensor:
         """(n * vector + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings."""
         c = self.config.foldin_prior if prior is None else prior

@@ -59,7 +59,9 @@ class SetEncoder(nn.Module):
     def pool(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weight = mask.to(embedded.dtype).unsqueeze(-1)
         count = weight.sum(-2)
-        mean = (embedded * weight).sum(-2) / count.clamp(min=1.0)
+        return self._code((embedded * weight).sum(-2) / count.clamp(min=1.0), count)
+
+    def _code(self, mean: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         fullness = torch.log1p(count) / math.log1p(self.m)  # lets the code know how much it saw
         return self.rho(torch.cat([mean, fullness], dim=-1))
 
@@ -80,8 +82,7 @@ class SetEncoder(nn.Module):
         count = weight.sum(-1, keepdim=True)  # [B, K, 1]
         weight = (weight / count.clamp(min=1.0)).reshape(b * k, m)
         mean = F.embedding_bag(flat.reshape(b * k, m), table, per_sample_weights=weight, mode="sum")
-        fullness = torch.log1p(count) / math.log1p(self.m)
-        return self.rho(torch.cat([mean.view(b, k, -1), fullness], dim=-1))
+        return self._code(mean.view(b, k, -1), count)
 
 
 class ConcatDecoder(nn.Module):

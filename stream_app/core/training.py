@@ -304,9 +304,8 @@ class Trainer:
 
     def _encode_index(self, side: str, records: torch.Tensor, index: torch.Tensor, mask: torch.Tensor):
         encoder = self.model.encoder(side)
-        if hasattr(encoder, "embed"):  # set encoder: embed each record once
-            rows, inverse = torch.unique(index, return_inverse=True)
-            return encoder.pool(encoder.embed(records[rows])[inverse], mask)
+        if hasattr(encoder, "pool_rows"):  # set encoder: embed each record once
+            return encoder.pool_rows(records, index, mask)
         return encoder(records[index], mask)
 
     # ---- the seeds' recipe: predictor after refinement -------------------------------------------
@@ -353,16 +352,14 @@ class Trainer:
     def _fold_in_all(self, rec: Recommender, data: RatingData) -> None:
         counts = {}
         for side in SIDES:  # unshrunk: the cold-start regression is fitted to what the encoders say
-            vectors, has = fold_in_dataset(rec, data, side, prior=0.0)
-            rec.vectors[side] = vectors
-            counts[side] = np.bincount(data.user if side == "user" else data.item, minlength=len(vectors))
+            rec.vectors[side], counts[side] = fold_in_dataset(rec, data, side, prior=0.0)
         for side in SIDES:  # cold start: fit on entities with ratings; shrink every vector toward it
             has = counts[side] > 0
             if has.any():
                 rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
                                          torch.from_numpy(rec.vectors[side][has]))
             cold = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side]))
-            rec.vectors[side] = rec.model.shrink_to_cold(side, torch.from_numpy(rec.vectors[side]), cold,
+            rec.vectors[side] = rec.model.shrink_to_cold(torch.from_numpy(rec.vectors[side]), cold,
                                                          torch.from_numpy(counts[side])).numpy()
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -429,15 +426,15 @@ class Trainer:
 
 def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 512,
                     prior: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fold in every `side` entity of `data` from all its ratings. Returns (vectors, has_ratings)."""
+    """Fold in every `side` entity of `data` from all its ratings. Returns (vectors, rating counts)."""
     entity = data.user if side == "user" else data.item
     other_entity = data.item if side == "user" else data.user
     n = len(rec.ids[side])
     order = np.argsort(entity, kind="stable")
     bounds = np.searchsorted(entity[order], np.arange(n + 1))
     vectors = rec.vectors[side].copy()
-    has = bounds[1:] > bounds[:-1]
-    ids = np.nonzero(has)[0]
+    count = np.diff(bounds)
+    ids = np.nonzero(count)[0]
     for chunk in np.array_split(ids, max(1, math.ceil(len(ids) / batch))):
         sets = []
         for e in chunk:
@@ -445,7 +442,7 @@ def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 
             sets.append(rec.records_from_ratings(side, other_entity[rows], data.rating[rows], data.ts[rows]))
         keys = [rec.ids[side][e] for e in chunk]
         vectors[chunk] = rec.fold_in(side, sets, rec.features[side][chunk], entity_keys=keys, prior=prior)
-    return vectors, has
+    return vectors, count
 
 
 def rmse_of(rec: Recommender, data: RatingData) -> float:
