@@ -41,7 +41,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import faust
-import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event  # see event_context()
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -52,7 +51,7 @@ from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
-from stream_app.stream.service import FoldInService, Query, sparse
+from stream_app.stream.service import FoldInService, Query, dense, sparse
 
 log = logging.getLogger(__name__)
 
@@ -494,9 +493,7 @@ class Runtime:
     def apply_catalogue_entry(self, item_id: str, entry: dict) -> None:
         if entry.get("model_version") not in (None, self.model_version):
             return  # another model's vector (before or after a swap): not comparable with ours
-        features = np.zeros(self.service.schema.item_dim, np.float32)
-        for k, value in entry["features"]:
-            features[k] = value
+        features = dense([entry["features"]], self.service.schema.item_dim)[0]
         self.service.catalogue.upsert(item_id, st.unpack_vector(entry["vector"]), features)
 
     async def sync_catalogue(self) -> None:

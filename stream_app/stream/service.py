@@ -15,7 +15,6 @@ state.py) that the Faust app keeps in its tables; this class reads them and comp
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from stream_app.stream.state import (
     pack_vector,
     rated_ids,
     set_vector,
+    unpack_vectors,
 )
 
 ROWS_PER_PREDICT = 32_768  # (user, item) pairs scored per predictor call (each a hidden-size row)
@@ -151,12 +151,8 @@ class FoldInService:
             return {}
         windows = [states[iid]["window"] for iid in ids]
         entries = [e for win in windows for e in win]
-        vecs = np.frombuffer(b"".join(base64.b64decode(e[4]) for e in entries), dtype="<f4").reshape(-1, self.n_dim)
-        feats = np.zeros((len(entries), self.schema.user_dim), np.float32)
-        pairs = [(j, k, value) for j, e in enumerate(entries) for k, value in e[5]]
-        if pairs:
-            j, k, value = zip(*pairs, strict=True)
-            feats[list(j), list(k)] = value
+        vecs = unpack_vectors([e[4] for e in entries], self.n_dim)
+        feats = dense([e[5] for e in entries], self.schema.user_dim)
         side_data = [self.features("item", iid, states[iid]) for iid in ids]
         out = self.rec.fold_in("item", self._record_sets("item", windows, vecs, feats), np.stack(side_data),
                                entity_keys=ids)
@@ -245,6 +241,16 @@ class FoldInService:
                 top = top[np.argsort(-row[top], kind="stable")]
                 results.append([(ids[i], float(row[i])) for i in top])
         return results
+
+
+def dense(rows: list[list[list]], width: int) -> np.ndarray:
+    """[len(rows), width] float32 from rows written by sparse()."""
+    out = np.zeros((len(rows), width), np.float32)
+    pairs = [(j, k, value) for j, row in enumerate(rows) for k, value in row]
+    if pairs:
+        j, k, value = zip(*pairs, strict=True)
+        out[list(j), list(k)] = value
+    return out
 
 
 def sparse(features) -> list[list]:

@@ -116,6 +116,11 @@ def unpack_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4")
 
 
+def unpack_vectors(texts, n_dim: int) -> np.ndarray:
+    """[len(texts), n_dim]: many packed vectors decoded in one buffer."""
+    return np.frombuffer(b"".join(base64.b64decode(t) for t in texts), dtype="<f4").reshape(-1, n_dim)
+
+
 def window_columns(state: State) -> tuple[list[str], list[list[float | None]], list[float]]:
     """(other ids, rates [[stars, thumbs]], ts) of the window, oldest first."""
     win = state["window"]
