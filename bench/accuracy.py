@@ -241,7 +241,7 @@ def summary(results: dict, quick: bool) -> str:
             if proto.startswith("foldin"):
                 side = "users" if proto.endswith("users") else "items"
                 for k in (1, 5, 20):
-                    mk = m.get(k, m.get(str(k)))
+                    mk = protocols.at_k(m, k)
                     if mk:
                         rows.setdefault(system, {})[f"{side} k={k}"] = mk["rmse"]
             elif proto == "topn":

@@ -108,7 +108,6 @@ def evaluate_baseline_warm(model, test: RatingData) -> dict:
     return metrics
 
 
-
 # ---- fold-in protocol ------------------------------------------------------------------------
 @dataclass
 class HoldOut:

@@ -179,7 +179,7 @@ def plot(result: dict, out) -> None:
         series = {}
         for name, by_k in systems.items():
             ks = sorted(int(k) for k in by_k)
-            series[name] = (ks, [_at(by_k, k)["rmse"] for k in ks])
+            series[name] = (ks, [at_k(by_k, k)["rmse"] for k in ks])
         side = proto.split("-")[1].rstrip("s")
         plot_lines(series, out, f"revealed ratings per held-out {side}", "RMSE on the rest",
                    f"fold-in of new {side}s" + (" (quick)" if result.get("quick") else ""))
@@ -189,5 +189,6 @@ def plot(result: dict, out) -> None:
                    "prequential: predict, then update" + (" (quick)" if result.get("quick") else ""), marker="")
 
 
-def _at(by_k: dict, k: int) -> dict:
-    return by_k[k] if k in by_k else by_k[str(k)]
+def at_k(by_k: dict, k: int) -> dict | None:
+    """A fold-in system's metrics at k (int keys, or str keys after a JSON round trip); None if absent."""
+    return by_k[k] if k in by_k else by_k.get(str(k))

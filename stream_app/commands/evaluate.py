@@ -126,7 +126,9 @@ def format_table(result: dict) -> str:
 
 
 def _get(by_k: dict, k: int, key: str):
-    m = by_k.get(k, by_k.get(str(k)))
+    from stream_app.protocols import at_k
+
+    m = at_k(by_k, k)
     return m[key] if m else "-"
 
 
