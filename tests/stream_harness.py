@@ -178,6 +178,15 @@ def rating(event_id, user, item, stars=4, ts=TS, **extra) -> dict:
     return {"event_id": event_id, "user_id": user, "item_id": item, "rating": stars, "ts": ts, **extra}
 
 
+def wait_for_split(worker, joining, problem: str = "no rebalance", timeout: float = 60.0) -> None:
+    """Until two workers of one group each own some partitions and together all of them."""
+    deadline = time.monotonic() + timeout
+    while not (0 < worker.owned_partitions() < PARTITIONS
+               and worker.owned_partitions() + joining.owned_partitions() == PARTITIONS):
+        assert time.monotonic() < deadline, f"{problem}:\n{joining.log_tail()}"
+        time.sleep(0.2)
+
+
 def last_vector(worker, side: str, entity: str, min_ratings: int = 0, timeout: float = 30.0) -> dict:
     found = worker.wait_for(f"{side}_vectors", lambda k, v: k == entity and v["n_ratings"] >= min_ratings,
                             timeout=timeout)

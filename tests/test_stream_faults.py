@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from stream_harness import PARTITIONS, TS, Worker, last_vector, rating, train_tiny
+from stream_harness import PARTITIONS, TS, Worker, last_vector, rating, train_tiny, wait_for_split
 
 from stream_app.core.artifacts import WEIGHTS, set_current
 
@@ -366,11 +366,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
     try:
         survivor.start()
         victim.start(alone=False)
-        deadline = time.monotonic() + 60
-        while not (0 < survivor.owned_partitions() < PARTITIONS
-                   and survivor.owned_partitions() + victim.owned_partitions() == PARTITIONS):
-            assert time.monotonic() < deadline, f"no rebalance:\n{victim.log_tail()}"
-            time.sleep(0.2)
+        wait_for_split(survivor, victim)
         events = kill9_events(f"so{standbys}")
         sender = send_paced(survivor, events, 0.01)
         wait_metric(victim, ok, 30, timeout=60)  # both are busy: the kill hits the stream mid-flight
@@ -395,11 +391,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
         # the victim comes back with its old (now stale) store: the partitions are split again, its tables
         # catch up from the changelogs, and the next rating of every user and item counts from the right total
         victim.start(alone=False)
-        deadline = time.monotonic() + 60
-        while not (0 < victim.owned_partitions() < PARTITIONS
-                   and survivor.owned_partitions() + victim.owned_partitions() == PARTITIONS):
-            assert time.monotonic() < deadline, f"no rebalance after the restart:\n{victim.log_tail()}"
-            time.sleep(0.2)
+        wait_for_split(survivor, victim, "no rebalance after the restart")
         users = sorted({e["user_id"] for e in events})
         items = sorted({e["item_id"] for e in events})
         more = [rating(f"so{standbys}-back-{k}", user, items[k % len(items)], ts=TS + 10_000 + k)

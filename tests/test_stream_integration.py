@@ -22,6 +22,7 @@ from stream_harness import (
     last_vector,
     rating,
     train_tiny,
+    wait_for_split,
 )
 
 pytestmark = pytest.mark.integration
@@ -229,11 +230,7 @@ def test_two_workers_share_partitions_tables_and_catalogue(worker, artifact, kaf
     other = Worker(kafka_broker, artifact[0], tmp_path, like=worker)
     try:
         other.start(alone=False)
-        deadline = time.monotonic() + 60
-        while not (0 < worker.owned_partitions() < PARTITIONS
-                   and worker.owned_partitions() + other.owned_partitions() == PARTITIONS):
-            assert time.monotonic() < deadline, f"no rebalance:\n{other.log_tail()}"
-            time.sleep(0.2)
+        wait_for_split(worker, other)
         ratings = f'recsys_events_total{{outcome="ok",topic="{worker.topics["ratings"]}"}}'
         before = {"a": worker.metric(ratings), "b": other.metric(ratings)}
         items = [f"team-item-{k}" for k in range(8)]
