@@ -35,6 +35,7 @@ import numpy as np
 
 from stream_app.core.artifacts import CURRENT, MANIFEST, load_artifact
 from stream_app.errors import ArtifactError
+from stream_app.stream.service import dense
 from stream_app.stream.state import State, pack_vector
 
 log = logging.getLogger(__name__)
@@ -197,11 +198,8 @@ def refresh_item_window(state: State, rec) -> None:
     if unknown:
         import torch
 
-        feats = np.zeros((len(unknown), rec.schema.user_dim), np.float32)
-        for row, j in enumerate(unknown):
-            for k, value in win[j][5]:
-                if 0 <= int(k) < feats.shape[1]:
-                    feats[row, int(k)] = value
+        width = rec.schema.user_dim
+        feats = dense([[(int(k), v) for k, v in win[j][5] if 0 <= int(k) < width] for j in unknown], width)
         with torch.no_grad():
             cold = rec.model.cold_vectors("user", torch.as_tensor(feats)).numpy()
         for row, j in enumerate(unknown):
