@@ -321,8 +321,8 @@ def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> d
             "item_dups": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{w.app_id}-item-updates"}}')}
 
 
-# The same intermittent problem as the two-worker test below (a clean-clone CI run, 2026-11-23: users stuck
-# at 30 of their ratings for over 90 s after the restart): run and reported, not allowed to fail CI.
+# The same intermittent problem as the two-worker test below (a clean-clone CI run, 2026-11-23: a user's last
+# ratings not processed within 90 s of the restart): run and reported, not allowed to fail CI.
 @pytest.mark.xfail(strict=False, reason="intermittent: ratings left unprocessed after a kill -9 restart "
                    "(cause not found)")
 def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path):
