@@ -158,15 +158,24 @@ def prequential(split: Split, rec=None, baselines: dict | None = None, peers: li
 
 # ---- top-N -----------------------------------------------------------------------------------
 def topn(split: Split, rec=None, baselines: dict | None = None, n: int = 10, log=print) -> dict:
-    from stream_app.topn import aevec_scorer, baseline_scorer, evaluate_topn, popularity_scorer
+    """Our model ranked as served ("aevec": stars + popularity term) and by stars alone ("aevec-stars");
+    each baseline by its stars and with the same popularity term ("NAME+pop"), so the term is not an
+    advantage of ours alone; and popularity itself."""
+    from stream_app.core.config import ModelConfig
+    from stream_app.topn import aevec_scorer, baseline_scorer, evaluate_topn, popularity_scorer, with_popularity
 
+    weight = (rec.model.config if rec is not None else ModelConfig()).popularity_weight
     scorers = {"popularity": popularity_scorer(split.train)}  # the non-personalised reference
     if rec is not None:
         scorers["aevec"] = aevec_scorer(rec)
+        scorers["aevec-stars"] = aevec_scorer(rec, popularity=False)
     for name, make in (baselines or {}).items():
         log(f"topn: fitting {name}")
         scorers[name] = baseline_scorer(make().fit(split.train))
-    return {"protocol": "topn", "n": n, "systems": evaluate_topn(scorers, split.train, split.test, n=n)}
+        if weight:
+            scorers[f"{name}+pop"] = with_popularity(scorers[name], split.train, weight)
+    return {"protocol": "topn", "n": n, "popularity_weight": weight,
+            "systems": evaluate_topn(scorers, split.train, split.test, n=n)}
 
 
 # ---- plots -----------------------------------------------------------------------------------

@@ -181,14 +181,29 @@ def test_cold_start_comes_from_side_data(trained):
     assert np.allclose(empty[0], rec.cold_vector("user", {"gender": "F"}), atol=1e-6)
 
 
-def test_recommend_returns_sorted_unrated_items(trained):
+def test_recommend_returns_ranked_unrated_items(trained):
     rec, _ = trained
     top = rec.recommend_for(0, n=10)
-    scores = [s for _, s in top]
-    assert len(top) == 10 and scores == sorted(scores, reverse=True)
+    stars = np.array([s for _, s in top])
+    ranks = rec.rank_scores(stars, rec.item_counts[[i for i, _ in top]])
+    assert len(top) == 10 and list(ranks) == sorted(ranks, reverse=True)
     assert not set(i for i, _ in top) & set(rec.rated_items(0).tolist())
     lo, hi = rec.schema.rating_scale
-    assert all(lo <= s <= hi for s in scores)
+    assert all(lo <= s <= hi for s in stars)  # the list carries predicted stars, not the ranking score
+    assert np.array_equal(rec.item_counts, np.bincount(rec.history.item, minlength=len(rec.ids["item"])))
+
+
+def test_top_n_ranks_by_stars_plus_the_popularity_term(trained, monkeypatch):
+    rec, _ = trained
+    stars = np.array([4.0, 4.2, 3.0, 4.1])
+    counts = np.array([200.0, 0.0, 1000.0, 3.0])
+    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.0)
+    assert [i for i, _ in rec.top_n(stars, counts, 4)] == [1, 3, 0, 2]  # stars alone
+    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
+    top = rec.top_n(stars, counts, 3, exclude={2})
+    # 4.0 + 0.5 ln 201 = 6.65 > 4.1 + 0.5 ln 4 = 4.79 > 4.2 + 0 = 4.2; excluded rows never appear
+    assert top == [(0, 4.0), (3, 4.1), (1, 4.2)]
+    assert np.array_equal(stars, [4.0, 4.2, 3.0, 4.1])  # not modified
 
 
 def _r2(x: np.ndarray, y: np.ndarray) -> float:

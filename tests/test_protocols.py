@@ -165,7 +165,8 @@ def test_cli_protocols_write_json_and_png(tmp_path, protocol):
                                           "aevec-retrain"}
         assert set(result["systems"]["aevec-foldin"]) == {"1", "3"} and set(result["systems"]["aevec-retrain"]) == {"3"}
     else:
-        assert set(result["systems"]) - {"popularity"} == {"aevec", "bias-only", "als-mf"}
+        ranked_too = {"aevec-stars", "bias-only+pop", "als-mf+pop"} if protocol == "topn" else set()
+        assert set(result["systems"]) - {"popularity"} == {"aevec", "bias-only", "als-mf"} | ranked_too
         assert ("popularity" in result["systems"]) == (protocol == "topn")
     if protocol in ("foldin-items", "prequential"):
         assert png.stat().st_size > 1000

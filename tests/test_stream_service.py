@@ -133,7 +133,9 @@ def test_recommend_excludes_rated_items_and_matches_the_recommender(rec, svc):
     s = svc.bootstrap_state("user", u)
     st.add_rating(s, "x1", rec.ids["item"][0], [1.0, 1.0], 1.7e9, window=8)
     top = svc.recommend(u, s, n=5, ts=1.7e9)
-    assert len(top) == 5 and [sc for _, sc in top] == sorted((sc for _, sc in top), reverse=True)
+    counts = svc.catalogue.counts[[svc.catalogue.index_of(i) for i, _ in top]]
+    ranks = rec.rank_scores(np.array([sc for _, sc in top]), counts)
+    assert len(top) == 5 and list(ranks) == sorted(ranks, reverse=True)
     rated = set(rec.ids["item"][i] for i in rec.rated_items(index)) | {rec.ids["item"][0]}
     assert not rated & {i for i, _ in top}
     exclude = {rec.index["item"][i] for i in rated}
@@ -156,3 +158,21 @@ def test_cold_user_gets_a_full_list_and_batches_agree(rec, svc, monkeypatch):
 def _same(a, b) -> bool:
     return all([i for i, _ in x] == [i for i, _ in y] and np.allclose([s for _, s in x], [s for _, s in y], atol=1e-5)
                for x, y in zip(a, b, strict=True))
+
+
+def test_streamed_item_counts_reach_the_ranking(rec, svc, monkeypatch):
+    """The catalogue keeps each item's rating count (training history, then the item state's n_ratings),
+    and top-N lists rank with it: a streamed item that gets many ratings climbs."""
+    assert np.array_equal(svc.catalogue.counts, rec.item_counts)
+    state = st.new_state()
+    for k in range(3):
+        st.add_rating(state, f"pop-{k}", rec.ids["user"][k], [0.5, 1.0], 1.7e9 + k, window=8,
+                      extra=[st.pack_vector(rec.vectors["user"][k]), []])
+    svc.fold_in_items({"hit": state})
+    row = svc.catalogue.index_of("hit")
+    assert svc.catalogue.counts[row] == 3
+    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.0)
+    before = [i for i, _ in svc.recommend("stranger", None, n=len(svc.catalogue), ts=1.7e9)].index("hit")
+    svc.catalogue.upsert("hit", count=1e6)  # as a catalogue entry from another worker would set it
+    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
+    assert svc.recommend("stranger", None, n=1, ts=1.7e9)[0][0] == "hit" and before > 0

@@ -1,4 +1,4 @@
-"""A growable id -> (vector, side data) table: the live entities a server scores and folds against."""
+"""A growable id -> (vector, side data, rating count) table: the live entities a server scores and folds against."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import numpy as np
 
 
 class Catalogue:
-    """Vectors and encoded side data of entities, addressable by raw id, growing in place.
+    """Vectors, encoded side data and rating counts of entities, addressable by raw id, growing in place.
 
     Starts from an artifact's trained tables; new ids are appended (capacity doubles, so an
-    append is amortised O(1)). `vectors` and `features` are views of the live rows.
+    append is amortised O(1)). `vectors`, `features` and `counts` are views of the live rows.
     """
 
-    def __init__(self, ids: list[str], vectors: np.ndarray, features: np.ndarray):
+    def __init__(self, ids: list[str], vectors: np.ndarray, features: np.ndarray, counts: np.ndarray | None = None):
         self._ids = [str(i) for i in ids]
         self._index = {raw: i for i, raw in enumerate(self._ids)}
         n = len(self._ids)
         self._vectors = np.array(vectors, dtype=np.float32, copy=True).reshape(n, -1)
         self._features = np.array(features, dtype=np.float32, copy=True).reshape(n, -1)
+        self._counts = np.zeros(n, np.float32) if counts is None else np.array(counts, np.float32).reshape(n)
         self.version = 0  # bumped on every change, so callers can cache derived arrays
         self._derived: dict = {}
 
@@ -39,6 +40,11 @@ class Catalogue:
     def features(self) -> np.ndarray:
         return self._features[: len(self._ids)]
 
+    @property
+    def counts(self) -> np.ndarray:
+        """Ratings each entity has had (ranking uses them: see Recommender.rank_scores)."""
+        return self._counts[: len(self._ids)]
+
     def derived(self, key, compute):
         """compute(vectors, features), cached until the catalogue changes (e.g. the predictor's item part)."""
         hit = self._derived.get(key)
@@ -49,8 +55,9 @@ class Catalogue:
     def index_of(self, raw_id: object) -> int | None:
         return self._index.get(str(raw_id))
 
-    def upsert(self, raw_id: object, vector: np.ndarray | None = None, features: np.ndarray | None = None) -> int:
-        """Set an entity's vector and/or side data; a new id is appended (zeros until set)."""
+    def upsert(self, raw_id: object, vector: np.ndarray | None = None, features: np.ndarray | None = None,
+               count: float | None = None) -> int:
+        """Set an entity's vector, side data and/or rating count; a new id is appended (zeros until set)."""
         key = str(raw_id)
         row = self._index.get(key)
         if row is None:
@@ -59,6 +66,8 @@ class Catalogue:
             self._vectors[row] = vector
         if features is not None:
             self._features[row] = features
+        if count is not None:
+            self._counts[row] = count
         self.version += 1
         return row
 
@@ -69,6 +78,7 @@ class Catalogue:
             self._vectors = np.concatenate([self._vectors, np.zeros((grow, self._vectors.shape[1]), np.float32)])
             self._features = np.concatenate([self._features,
                                              np.zeros((grow, self._features.shape[1]), np.float32)])
+            self._counts = np.concatenate([self._counts, np.zeros(grow, np.float32)])
         self._ids.append(key)
         self._index[key] = row
         return row

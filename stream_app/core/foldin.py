@@ -53,6 +53,17 @@ class Recommender:
                          "item": np.asarray(item_features, np.float32)}
         self.history = history
         self._rated: dict[int, np.ndarray] | None = None
+        self._item_counts: tuple[object, np.ndarray] | None = None
+
+    @property
+    def item_counts(self) -> np.ndarray:
+        """Training ratings per item (zeros without a history), for the popularity term of rankings."""
+        if self._item_counts is None or self._item_counts[0] is not self.history:
+            n = len(self.ids["item"])
+            counts = (np.bincount(self.history.item, minlength=n).astype(np.float32) if self.history is not None
+                      else np.zeros(n, np.float32))
+            self._item_counts = (self.history, counts)
+        return self._item_counts[1]
 
     @property
     def n_dim(self) -> int:
@@ -165,22 +176,34 @@ class Recommender:
                                   np.broadcast_to(ud, (len(items), len(ud))),
                                   self.vectors["item"][items], self.features["item"][items], ts)[:, 0]
 
-    def recommend(self, user_vector: np.ndarray, user_data: np.ndarray, n: int = 10,
-                  exclude: np.ndarray | set | None = None, ts: float | None = None,
-                  item_vectors: np.ndarray | None = None,
-                  item_features: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """Top-n (item row, predicted stars) over the items (default: the trained ones; a server
-        passes its live catalogue's arrays), skipping the rows in `exclude`."""
-        vectors = self.vectors["item"] if item_vectors is None else item_vectors
-        features = self.features["item"] if item_features is None else item_features
-        scores = self.score_items(self.item_part(vectors, features), np.asarray(user_vector)[None],
-                                  np.asarray(user_data)[None], [_now() if ts is None else ts])[0]
+    def rank_scores(self, stars: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
+        """What top-N lists rank by: predicted stars + popularity_weight * ln(1 + ratings of the item)."""
+        weight = self.model.config.popularity_weight
+        return stars + weight * np.log1p(item_counts) if weight else np.array(stars, copy=True)
+
+    def top_n(self, stars: np.ndarray, item_counts: np.ndarray, n: int,
+              exclude: np.ndarray | set | None = None) -> list[tuple[int, float]]:
+        """The n best (item row, predicted stars) by rank_scores, skipping the rows in `exclude`."""
+        scores = self.rank_scores(stars, item_counts)
         if exclude is not None and len(exclude):
             scores[np.fromiter(exclude, dtype=np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, n - 1)[:n] if n else np.array([], dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(i), float(scores[i])) for i in top]
+        return [(int(i), float(stars[i])) for i in top]
+
+    def recommend(self, user_vector: np.ndarray, user_data: np.ndarray, n: int = 10,
+                  exclude: np.ndarray | set | None = None, ts: float | None = None,
+                  item_vectors: np.ndarray | None = None, item_features: np.ndarray | None = None,
+                  item_counts: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top-n (item row, predicted stars) over the items (default: the trained ones; a server
+        passes its live catalogue's arrays), skipping the rows in `exclude`."""
+        vectors = self.vectors["item"] if item_vectors is None else item_vectors
+        features = self.features["item"] if item_features is None else item_features
+        counts = self.item_counts if item_counts is None else item_counts
+        stars = self.score_items(self.item_part(vectors, features), np.asarray(user_vector)[None],
+                                 np.asarray(user_data)[None], [_now() if ts is None else ts])[0]
+        return self.top_n(stars, counts, n, exclude)
 
     def recommend_for(self, user: int, n: int = 10, exclude_rated: bool = True) -> list[tuple[int, float]]:
         exclude = self.rated_items(user) if exclude_rated else None

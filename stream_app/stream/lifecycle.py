@@ -218,6 +218,6 @@ def swap_catalogue(old_service, new_service) -> int:
     feats = np.stack([old.features[row] for _, row in extra]).astype(np.float32)
     with torch.no_grad():
         cold = new_service.rec.model.cold_vectors("item", torch.as_tensor(feats)).numpy()
-    for (item_id, _), vector, f in zip(extra, cold, feats, strict=True):
-        new.upsert(item_id, vector, f)
+    for (item_id, row), vector, f in zip(extra, cold, feats, strict=True):
+        new.upsert(item_id, vector, f, old.counts[row])
     return len(extra)

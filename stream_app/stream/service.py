@@ -10,7 +10,8 @@ state.py) that the Faust app keeps in its tables; this class reads them and comp
 - `fold_in_users(states)` / `fold_in_items(states)`: ONE `Recommender.fold_in` call per side for a
   whole batch of entities; an empty window gives the cold-start vector from side data.
 - `recommend_many(queries)`: top-N over the catalogue, excluding items the user rated (window and
-  training history), scored in as few predictor calls as memory allows.
+  training history), scored in as few predictor calls as memory allows, ranked by
+  `Recommender.rank_scores` (predicted stars plus a popularity term from the catalogue's counts).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FoldInService:
         self.model_version = recommender.model_version
         self.window = {"user": int(window_user), "item": int(window_item)}
         self.catalogue = Catalogue(recommender.ids["item"], recommender.vectors["item"],
-                                   recommender.features["item"])
+                                   recommender.features["item"], recommender.item_counts)
         self._empty_features = {"user": self.schema.encode_user({}), "item": self.schema.encode_item({})}
         self._empty_cold = {side: recommender.cold_vector(side, {}) for side in ("user", "item")}
         self._history_groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -158,7 +159,7 @@ class FoldInService:
                                entity_keys=ids)
         if update_catalogue:
             for iid, vector, f in zip(ids, out, side_data, strict=True):
-                self.catalogue.upsert(iid, vector, f)
+                self.catalogue.upsert(iid, vector, f, states[iid]["n_ratings"])
         return dict(zip(ids, out, strict=True))
 
     def _record_sets(self, side: str, windows: list[list], vecs: np.ndarray, feats: np.ndarray) -> list[np.ndarray]:
@@ -232,14 +233,10 @@ class FoldInService:
             uv = np.stack([self.user_vector(q.user_id, q.state) for q in part])
             ud = np.stack([self.features("user", q.user_id, q.state) for q in part])
             scores = self.rec.score_items(items, uv, ud, np.asarray([q.ts for q in part], np.float64))
+            counts = self.catalogue.counts
             for q, row in zip(part, scores, strict=True):
-                excluded = self.excluded_rows(q.user_id, q.state)
-                if excluded:
-                    row[np.fromiter(excluded, dtype=np.int64, count=len(excluded))] = -np.inf
-                n = min(int(q.n), int(np.isfinite(row).sum()))
-                top = np.argpartition(-row, n - 1)[:n] if n else np.array([], dtype=np.int64)
-                top = top[np.argsort(-row[top], kind="stable")]
-                results.append([(ids[i], float(row[i])) for i in top])
+                top = self.rec.top_n(row, counts, int(q.n), self.excluded_rows(q.user_id, q.state))
+                results.append([(ids[i], stars) for i, stars in top])
         return results
 
 
