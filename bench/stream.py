@@ -196,13 +196,17 @@ class Run:
     """One worker configuration on its own topics, app id and store."""
 
     def __init__(self, kind: str, broker, artifacts: Path, tmp: Path, tag: str):
-        """kind: noop, rec-off or rec-on, optionally @REV: the service code of git revision REV (see baseline())."""
+        """kind: noop, rec-off or rec-on, optionally +batch (RECSYS_PRODUCER_BATCHING on: what a real Kafka
+        deployment can use; tansu's end offsets break changelog recovery with it) and @REV: the service code
+        of git revision REV (see baseline())."""
         from stream_app.broker import free_port
 
         self.kind, self.broker, self.port = kind, broker, free_port()
         self.base, _, rev = kind.partition("@")
+        self.base, _, option = self.base.partition("+")
         source = str(ROOT) if not rev else os.pathsep.join(map(str, baseline(rev)))
-        self.prefix = f"{tag}-{rev}-{self.base}" if rev else f"{tag}-{self.base}"  # no run's prefix starts another's
+        name = f"{self.base}-{option}" if option else self.base
+        self.prefix = f"{tag}-{rev}-{name}" if rev else f"{tag}-{name}"  # no run's prefix starts another's
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
                         "recommendations", "dead-letters")}
@@ -211,6 +215,7 @@ class Run:
                         RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
                         RECSYS_APP_ID=self.prefix, RECSYS_PARTITIONS=str(PARTITIONS),
                         RECSYS_RECOMMEND_ON_RATING="true" if self.base == "rec-on" else "false",
+                        RECSYS_PRODUCER_BATCHING="true" if option == "batch" else "false",
                         **{f"RECSYS_TOPIC_{k.upper().replace('-', '_').replace('RECOMMEND_REQUESTS', 'REQUESTS')}": v
                            for k, v in self.topics.items()})
         self.log_path = tmp / f"worker-{self.prefix}.log"
@@ -599,8 +604,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer ratings and shorter load phases")
     p.add_argument("--only", choices=["stream", "micro"], default=None)
     p.add_argument("--kinds", default="noop,rec-off,rec-on",
-                   help="worker configurations, in order: noop, rec-off, rec-on, each optionally @REV to run the "
-                        "service code of git revision REV (e.g. rec-on@a9b2bca) in the same run")
+                   help="worker configurations, in order: noop, rec-off, rec-on, each optionally +batch (producer "
+                        "batching on, as on real Kafka) and @REV to run the service code of git revision REV "
+                        "(e.g. rec-on@a9b2bca) in the same run")
     p.add_argument("--profile", default=None, help="py-spy flame graph (SVG path) of one worker while it drains")
     p.add_argument("--profile-kind", default="rec-on", help="the worker --profile records (default rec-on)")
     p.add_argument("--out", default=str(RESULTS / "stream.json"))

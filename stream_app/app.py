@@ -51,6 +51,7 @@ from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
+from stream_app.stream.offsets import StallWatch
 from stream_app.stream.service import FoldInService, Query, dense, sparse
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,59 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, made at-least-once end to end (each override says why)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guarded_topics: set[str] = set()  # the agents' input topics (Runtime.on_assigned)
+        self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) processed, not yet acked
+
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def mark_handled(self, events) -> None:
+        """The agent is done with these events (applied, rejected or rekeyed): their acks may count."""
+        if len(self._handled) > 1_000_000:  # handled but never acked (e.g. revoked meanwhile): replayed anyway
+            self._handled.clear()
+        self._handled.update((e.message.topic, e.message.partition, e.message.offset) for e in events)
+
+    def ack(self, message) -> bool:
+        # Faust acks an event it skips without processing (fetched before a rebalance, or while the flow is
+        # suspended for one) and then commits past it, so the event is never read again (seen: a rating
+        # lost on a worker whose own partitions were reassigned when another worker died). Only an event an
+        # agent has handled is acked; a refused one holds its partition's commit back, and the partition is
+        # read again from there (after the rebalance, or by Runtime.replay_stalled).
+        key = (message.topic, message.partition, message.offset)
+        if message.topic in self.guarded_topics and key not in self._handled:
+            self._unacked_messages.discard(message)  # nobody will ack it: do not wait for it on rebalance
+            return False
+        self._handled.discard(key)
+        return super().ack(message)
+
+    async def seek_to_committed(self):
+        # Faust drops records it has fetched but not processed when a rebalance interrupts it, and relies
+        # on this seek to read them again; aiokafka does not seek a partition the group never committed,
+        # so they were lost (seen: a worker killed before its first commit, its partitions taken over by
+        # another worker that then skipped their backlog). Such a partition restarts at its beginning:
+        # what consumer_auto_offset_reset="earliest" means; re-read events are dropped by event_id.
+        committed = await super().seek_to_committed()
+        changelogs = self.app.tables.changelog_topics  # positioned by Faust's table recovery
+        never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
+        if never:
+            for tp, offset in (await self.earliest_offsets(*never)).items():
+                await self._seek(tp, offset)
+        return committed
+
+    async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
+        # Commit an input offset only once everything produced so far (outputs, forwards, changelog
+        # records) was delivered: Faust sends changelog records with send_soon and would otherwise commit
+        # past an event whose records a kill -9 then loses, and nothing would deliver that event again.
+        try:
+            await self.app.producer.flush()
+        except RuntimeError:  # the producer is stopping: commit nothing, the events come again
+            log.warning("producer not running: offsets not committed")
+            return False
+        return await super()._commit_tps(tps, start_new_transaction)
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -188,6 +240,9 @@ class Runtime:
         app.task(self.sync_catalogue)
         if s.model_poll_interval > 0:
             app.timer(s.model_poll_interval, name="model-poll")(self.check_model)
+        self.stalls = StallWatch(s.commit_stall_timeout)
+        if s.commit_stall_timeout > 0:
+            app.timer(max(s.commit_stall_timeout / 5, 0.5), name="commit-stalls")(self.replay_stalled)
         app.on_partitions_assigned.connect(self.on_assigned)
         app.on_partitions_revoked.connect(self.on_revoked)
 
@@ -260,7 +315,22 @@ class Runtime:
                                   f"{s.partitions}: set RECSYS_PARTITIONS={n} (and a new RECSYS_APP_ID) or "
                                   f"recreate the topic")
 
+    async def replay_stalled(self) -> None:
+        """Read an input partition again from its committed offset when its commits stalled (stream/offsets.py)."""
+        consumer = self.app.consumer
+        changelogs = self.app.tables.changelog_topics
+        # Faust's own bookkeeping: offsets acknowledged but not yet committable, and the last commit
+        pending = {tp: consumer._committed_offset.get(tp) for tp, acked in list(consumer._acked.items())
+                   if acked and tp.topic not in changelogs}
+        for tp, committed in self.stalls.stalled(pending, time.monotonic()):
+            offset = committed if committed is not None else (await consumer.earliest_offsets(tp))[tp]
+            log.warning("%s[%s]: commits stalled at %s for %.0f s with processed events behind; reading it again "
+                        "from there", tp.topic, tp.partition, committed, self.stalls.timeout)
+            await consumer.seek(tp, offset)
+            self.metrics.replays.labels(topic=tp.topic).inc()
+
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
+        self.app.consumer.guarded_topics.update(self.user_inputs.topics + self.item_inputs.topics)
         for name in (self.settings.topic_ratings, self.settings.topic_items):
             self.metrics.assigned_partitions.labels(topic=name).set(sum(1 for tp in assigned if tp.topic == name))
 
@@ -307,6 +377,7 @@ class Runtime:
             except Exception:  # a bug must not stop the worker; the events are reported, not lost
                 log.exception("user batch of %d events failed", len(events))
                 await self._dead_letter_all(events)
+            self.app.consumer.mark_handled(events)
 
     def parse_user_side(self, event) -> tuple[str, str, Any]:
         s, topic, value = self.settings, event.message.topic, event.message.value
@@ -328,6 +399,7 @@ class Runtime:
         to_fold: dict[str, st.State] = {}
         applied: dict[str, list] = {}  # user id -> [(RatingEvent, event)]
         redelivered: dict[str, list] = {}  # the same, for duplicates whose rating is in the window
+        replay: dict[str, Any] = {}  # user id -> a duplicate event of that user (see republish_duplicates)
         requests: list = []
         for uid, entries in groups.items():
             with event_context(entries[0][2]):
@@ -358,18 +430,22 @@ class Runtime:
                     requests.append((uid, parsed, event))
                 if fresh and kind != "request":
                     dirty[uid] = event
+                elif not fresh:
+                    replay[uid] = event
                 self.count(event, "ok" if fresh else "duplicate")
         vectors, failed = self._fold("user", to_fold)
         for uid in failed:
             await self._reject_entity(groups[uid], "user")
             dirty.pop(uid, None)
             applied.pop(uid, None)
+            replay.pop(uid, None)
         for uid, vector in vectors.items():
             st.set_vector(states[uid], vector, self.model_version)
+        republish = republish_duplicates(replay, states, dirty)
         for uid, event in dirty.items():
             with event_context(event):
                 self.users[uid] = states[uid]
-        for uid in vectors:
+        for uid in {*vectors, *republish}:
             state = states[uid]
             await self._publish(self.user_vectors, uid,
                                 ev.vector_update("user", uid, state["vector"], state["n_ratings"], self.model_version),
@@ -385,7 +461,7 @@ class Runtime:
                 # the rating's own broker timestamp travels on, for the event-to-publish latency of items
                 await self.item_updates.send(key=rating.item_id.encode(), value=update,
                                              timestamp=event.message.timestamp)
-        await self._recommend(states, applied, requests)
+        await self._recommend(states, {**redelivered, **applied}, requests)
 
     async def _recommend(self, states: dict, applied: dict, requests: list) -> None:
         s = self.settings
@@ -418,6 +494,7 @@ class Runtime:
             except Exception:
                 log.exception("item batch of %d events failed", len(events))
                 await self._dead_letter_all(events)
+            self.app.consumer.mark_handled(events)
 
     def parse_item_side(self, event) -> tuple[str, str, Any]:
         message = event.message
@@ -435,6 +512,7 @@ class Runtime:
         dirty: dict[str, Any] = {}
         to_fold: dict[str, st.State] = {}
         sources: dict[str, list] = {}
+        replay: dict[str, Any] = {}
         side_only: list[str] = []
         for iid, entries in groups.items():
             with event_context(entries[0][2]):
@@ -462,6 +540,8 @@ class Runtime:
                         to_fold[iid] = state
                 if fresh:
                     dirty[iid] = event
+                else:
+                    replay[iid] = event
                 self.count(event, "ok" if fresh else "duplicate")
             if side_changed and iid not in to_fold:  # rated item: its vector stays, its side data changes
                 svc.catalogue.upsert(iid, features=svc.features("item", iid, state))
@@ -470,17 +550,19 @@ class Runtime:
         for iid in failed:
             await self._reject_entity(groups[iid], "item")
             dirty.pop(iid, None)
+            replay.pop(iid, None)
         for iid, vector in vectors.items():
             st.set_vector(states[iid], vector, self.model_version)
+        republish = republish_duplicates(replay, states, dirty)
         for iid, event in dirty.items():
             with event_context(event):
                 self.items[iid] = states[iid]
-        for iid in vectors:
+        for iid in {*vectors, *republish}:
             state = states[iid]
             await self._publish(self.item_vectors, iid,
                                 ev.vector_update("item", iid, state["vector"], state["n_ratings"], self.model_version),
                                 sources.get(iid, []), "item_vector")
-        for iid in [*vectors, *side_only]:
+        for iid in {*vectors, *republish, *side_only}:
             if states[iid].get("vector") is not None:
                 await self.catalogue_updates.send(key=iid.encode(), value=self.catalogue_entry(iid, states[iid]))
         self.metrics.catalogue_items.set(len(svc.catalogue))
@@ -488,13 +570,14 @@ class Runtime:
     def catalogue_entry(self, item_id: str, state: st.State) -> dict:
         return {"vector": st.pack_vector(state["vector"]),
                 "features": sparse(self.service.features("item", item_id, state)),
+                "n_ratings": int(state.get("n_ratings") or 0),
                 "model_version": state.get("model_version")}
 
     def apply_catalogue_entry(self, item_id: str, entry: dict) -> None:
         if entry.get("model_version") not in (None, self.model_version):
             return  # another model's vector (before or after a swap): not comparable with ours
         features = dense([entry["features"]], self.service.schema.item_dim)[0]
-        self.service.catalogue.upsert(item_id, st.unpack_vector(entry["vector"]), features)
+        self.service.catalogue.upsert(item_id, st.unpack_vector(entry["vector"]), features, entry.get("n_ratings"))
 
     async def sync_catalogue(self) -> None:
         """Follow `<app_id>-catalogue` from its start, outside the consumer group, into this worker's catalogue."""
@@ -529,7 +612,7 @@ class Runtime:
         svc, n = self.service, 0
         for iid, state in self.items.items():
             if state and state.get("vector") is not None and not lc.is_stale(state, svc.model_version):
-                svc.catalogue.upsert(iid, state["vector"], svc.features("item", iid, state))
+                svc.catalogue.upsert(iid, state["vector"], svc.features("item", iid, state), state.get("n_ratings"))
                 n += 1
         self.metrics.catalogue_items.set(len(svc.catalogue))
         log.info("catalogue: %d items (%d restored from the item table)", len(svc.catalogue), n)
@@ -597,6 +680,23 @@ class Runtime:
     async def update_table_sizes(self) -> None:
         self.metrics.table_entries.labels(table="users").set(len(self.users))
         self.metrics.table_entries.labels(table="items").set(len(self.items))
+
+
+def republish_duplicates(replay: dict[str, Any], states: dict[str, st.State], dirty: dict[str, Any]) -> list[str]:
+    """Entities that got a re-delivered event and have a vector: their row is written and their vector
+    published again (at-least-once outputs).
+
+    A re-delivery means the worker that applied the event may have died after writing the table row and
+    before its changelog record or outputs left: a kill -9 leaves the local RocksDB row ahead of the
+    changelog, and a takeover finds the changelog ahead of the outputs. Dropping the duplicate silently
+    would then leave the entity's last vector unpublished (or its changelog short) for good.
+    """
+    again = []
+    for key, event in replay.items():
+        if states[key].get("vector") is not None:
+            dirty.setdefault(key, event)
+            again.append(key)
+    return again
 
 
 def _header(message, name: str) -> bytes | None:

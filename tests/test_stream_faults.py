@@ -300,10 +300,14 @@ def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> d
     sent, exactly once; returns what w counted (fresh, re-delivered and dropped, duplicate forwards)."""
     per_user = collections.Counter(e["user_id"] for e in events)
     per_item = collections.Counter(e["item_id"] for e in events)
-    for user in per_user:
-        assert last_vector(w, "user", user, min_ratings=per_user[user], timeout=90)["n_ratings"] == per_user[user]
-    for item in per_item:
-        assert last_vector(w, "item", item, min_ratings=per_item[item], timeout=90)["n_ratings"] == per_item[item]
+    for side, counts in (("user", per_user), ("item", per_item)):
+        for key in counts:
+            try:
+                found = last_vector(w, side, key, min_ratings=counts[key], timeout=90)
+            except AssertionError as error:
+                raise AssertionError(f"{side} {key}: not all {counts[key]} ratings published\n"
+                                     f"{diagnose(w, broker, events)}") from error
+            assert found["n_ratings"] == counts[key]
     w.settle(1.0)
     for side, counts in (("user", per_user), ("item", per_item)):
         for key, value in w.received[f"{side}_vectors"]:
@@ -316,9 +320,48 @@ def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> d
     check_windows(changelog_states(broker, f"{w.app_id}-users-changelog"), user_stamps, "user")
     check_windows(changelog_states(broker, f"{w.app_id}-items-changelog"), item_stamps, "item")
     ratings = w.topics["ratings"]
-    return {"ok": w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}'),
+    replays = sum(float(x.rsplit(" ", 1)[1]) for x in w.metrics_text().splitlines()
+                  if x.startswith("recsys_partition_replays_total{"))
+    return {"replays": replays, "ok": w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}'),
             "redelivered": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{ratings}"}}'),
             "item_dups": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{w.app_id}-item-updates"}}')}
+
+
+def diagnose(w: Worker, broker, events: list[dict]) -> str:
+    """Where ratings stopped: per entity (and its partition) sent / last published / in the table changelog
+    and the stamps missing from the stored window; per input partition the end and the group's committed
+    offset; the worker's event counters."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from kafka import KafkaConsumer, TopicPartition
+
+    partition_of = DefaultPartitioner()
+    parts_all = list(range(PARTITIONS))
+    lines = []
+    for side in ("user", "item"):
+        sent = collections.defaultdict(list)
+        for e in events:
+            sent[e[f"{side}_id"]].append(float(e["ts"]))
+        table = changelog_states(broker, f"{w.app_id}-{side}s-changelog")
+        published: dict[str, int] = {}
+        for key, value in w.received[f"{side}_vectors"]:
+            published[key] = max(published.get(key, 0), value["n_ratings"])
+        for key, stamps in sorted(sent.items()):
+            stored = table.get(key) or {}
+            missing = sorted(set(stamps) - {entry[3] for entry in stored.get("window", [])})
+            ok = published.get(key) == len(stamps) == stored.get("n_ratings")
+            lines.append(f"{side} {key} (partition {partition_of(key.encode(), parts_all, parts_all)}): sent "
+                         f"{len(stamps)}, published {published.get(key)}, changelog {stored.get('n_ratings')}"
+                         + ("" if ok else f"  <-- missing from the window: {[int(t - TS) for t in missing]}"))
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=w.app_id, enable_auto_commit=False)
+    try:  # committed() only fetches the group's offsets: it does not join the group
+        for topic in (w.topics["ratings"], f"{w.app_id}-item-updates"):
+            parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            ends = consumer.end_offsets(parts)
+            lines += [f"{topic}[{tp.partition}]: end {ends[tp]}, committed {consumer.committed(tp)}" for tp in parts]
+    finally:
+        consumer.close()
+    lines += [x for x in w.metrics_text().splitlines() if x.startswith("recsys_events_total")]
+    return "\n".join(lines)
 
 
 # The same intermittent problem as the two-worker test below (a clean-clone CI run, 2026-11-23: a user's last
@@ -343,7 +386,8 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
         print(f"\nMEASURED kill -9: {killed_at} user-vector updates seen before the kill; after restart "
               f"{counted['ok']:.0f} rating events applied fresh, {counted['redelivered']:.0f} re-delivered and "
               f"dropped as duplicates by event_id (item side: {counted['item_dups']:.0f} duplicate forwards "
-              f"dropped); all {len(events)} ratings in the windows exactly once")
+              f"dropped); all {len(events)} ratings in the windows exactly once; partitions replayed after a "
+              f"commit stall: {counted['replays']:.0f}")
     finally:
         w.close()
 
@@ -408,7 +452,8 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
               f"after the kill (polled every 0.1 s); per user, the first vector after the kill came at most "
               f"{gap:.1f} s after it ({len(first_after)} users); every final vector was seen {finished:.1f} s "
               f"after it; survivor: {counted['ok']:.0f} ratings applied fresh, {counted['redelivered']:.0f} "
-              f"re-delivered and dropped by event_id, {counted['item_dups']:.0f} duplicate item forwards dropped")
+              f"re-delivered and dropped by event_id, {counted['item_dups']:.0f} duplicate item forwards dropped; "
+              f"partitions replayed after a commit stall: {counted['replays']:.0f}")
     finally:
         victim.close()
         survivor.close()

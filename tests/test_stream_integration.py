@@ -68,8 +68,10 @@ def test_ratings_give_vectors_and_recommendations(worker, artifact):
     assert set(recs) == {"user_id", "items", "model_version", "ts"}  # no request_id: not a reply
     assert len(recs["items"]) == TOP_N
     assert all(set(x) == {"item_id", "score"} for x in recs["items"])
-    scores = [x["score"] for x in recs["items"]]
-    assert scores == sorted(scores, reverse=True)
+    # ranked by predicted stars + the popularity term (the first test: counts are the training ones)
+    ranked = rec.rank_scores(np.array([x["score"] for x in recs["items"]]),
+                             item_counts[[rec.index["item"][x["item_id"]] for x in recs["items"]]])
+    assert all(a >= b - 1e-5 for a, b in zip(ranked, ranked[1:], strict=False))
     rated = {rec.ids["item"][i] for i in rec.rated_items(rec.index["user"][user])} | set(items)
     assert not rated & {x["item_id"] for x in recs["items"]}, "recommended an item the user rated"
 
@@ -170,9 +172,15 @@ def test_duplicate_event_id_changes_nothing(worker):
     assert second["n_ratings"] == 2
     worker.settle(1.0)
     updates = [v for k, v in worker.received["user_vectors"] if k == "dupuser"]
-    assert [v["n_ratings"] for v in updates] == [1, 2], "a duplicate produced an update"
+    # a duplicate changes nothing; it publishes the current vector again (at-least-once outputs: the
+    # worker that applied it first may have died before publishing)
+    assert [v["n_ratings"] for v in updates] == sorted(v["n_ratings"] for v in updates)
+    assert {v["n_ratings"] for v in updates} == {1, 2}, "a duplicate was applied"
+    assert all(v["vector"] == first["vector"] for v in updates if v["n_ratings"] == 1)
     assert first["vector"] != second["vector"]
-    assert [v["n_ratings"] for k, v in worker.received["item_vectors"] if k == "dup-item"] == [1]
+    item_updates = [v for k, v in worker.received["item_vectors"] if k == "dup-item"]
+    assert {v["n_ratings"] for v in item_updates} == {1}
+    assert len({tuple(v["vector"]) for v in item_updates}) == 1
     assert not [v for k, v in worker.received["item_vectors"] if k == "other-item"]
     text = worker.metrics_text()
     assert f'recsys_events_total{{outcome="duplicate",topic="{worker.topics["ratings"]}"}} 2.0' in text
@@ -219,7 +227,8 @@ def test_restart_keeps_windows_with_and_without_the_local_store(worker):
     assert last_vector(worker, "user", "dupuser", min_ratings=2)["n_ratings"] == 2
     worker.settle(1.0)
     counts = [v["n_ratings"] for k, v in worker.received["user_vectors"] if k == "keeper"]
-    assert counts[-3:] == [2, 3, 4] and counts == sorted(set(counts)), "an event was applied twice"
+    # duplicates re-publish the current vector (same n_ratings); none is applied twice
+    assert counts == sorted(counts) and {2, 3, 4} <= set(counts) <= {1, 2, 3, 4}, f"applied twice? {counts}"
     # the catalogue came back too: the brand-new item of an earlier test is still recommended
     worker.send("requests", {"request_id": "q-after-restart", "user_id": "fresh", "n": 1000}, key="fresh")
     reply = worker.wait_for("recommendations", lambda k, v: v.get("request_id") == "q-after-restart")[0][1]

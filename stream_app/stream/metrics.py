@@ -64,6 +64,8 @@ class StreamMetrics:
         self.model_swap_pause = Histogram("recsys_model_swap_pause_seconds",
                                           "Time batches were held back while a model was swapped in",
                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.replays = Counter("recsys_partition_replays", "Input partitions read again from their committed "
+                               "offset after their commits stalled (stream/offsets.py)", ["topic"], registry=r)
         self.refolds = Counter("recsys_refolds", "Stale entities re-folded with the model in service", ["side"],
                                registry=r)
 
