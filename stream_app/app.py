@@ -318,14 +318,21 @@ class Runtime:
     async def replay_stalled(self) -> None:
         """Read an input partition again from its committed offset when its commits stalled (stream/offsets.py)."""
         consumer = self.app.consumer
-        changelogs = self.app.tables.changelog_topics
-        # Faust's own bookkeeping: offsets acknowledged but not yet committable, and the last commit
-        pending = {tp: consumer._committed_offset.get(tp) for tp, acked in list(consumer._acked.items())
-                   if acked and tp.topic not in changelogs}
+        pending = {}  # input partitions with events past their last commit (Faust's own record of it)
+        for tp in consumer.assignment():
+            if tp.topic not in consumer.guarded_topics:
+                continue
+            try:
+                end = consumer.highwater(tp)  # from the last fetch response; None before one
+            except Exception:  # noqa: BLE001 (revoked meanwhile)
+                continue
+            committed = consumer._committed_offset.get(tp)
+            if end and (committed or 0) < end:
+                pending[tp] = committed
         for tp, committed in self.stalls.stalled(pending, time.monotonic()):
             offset = committed if committed is not None else (await consumer.earliest_offsets(tp))[tp]
-            log.warning("%s[%s]: commits stalled at %s for %.0f s with processed events behind; reading it again "
-                        "from there", tp.topic, tp.partition, committed, self.stalls.timeout)
+            log.warning("%s[%s]: commits stalled at %s for %.0f s with events past it; reading it again from there",
+                        tp.topic, tp.partition, committed, self.stalls.timeout)
             await consumer.seek(tp, offset)
             self.metrics.replays.labels(topic=tp.topic).inc()
 

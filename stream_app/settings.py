@@ -69,7 +69,7 @@ class Settings:
         5.0, "seconds between two checks of ARTIFACTS_DIR/current by a worker; a new model is loaded, checked and "
         "swapped in between batches (0 = never)", "stream")
     commit_stall_timeout: float = _setting(
-        15.0, "seconds an input partition's committed offset may stay put while processed events wait behind "
+        15.0, "seconds an input partition's committed offset may stay put while the partition has events past "
         "it before the worker reads the partition again from that offset (Faust can drop a fetched event around "
         "a rebalance; re-read events are dropped by event_id; 0 = never)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")

@@ -42,6 +42,7 @@ class Worker:
                         RECSYS_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES), RECSYS_TOP_N=str(TOP_N),
                         RECSYS_WINDOW_USER="8", RECSYS_WINDOW_ITEM="8", RECSYS_BATCH_TIMEOUT="0.02",
                         RECSYS_SESSION_TIMEOUT="2",  # tansu holds a group join for about half of it
+                        RECSYS_COMMIT_STALL_TIMEOUT="5",
                         OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for name, topic in self.topics.items():
             self.env[f"RECSYS_TOPIC_{name.upper()}"] = topic
