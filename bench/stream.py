@@ -556,9 +556,9 @@ def plot(result: dict, path: Path) -> None:
     s = result.get("stream", {})
     if s:
         kinds = list(s)
+        colours = {"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}
         axes[0].bar(kinds, [s[k]["drain"]["ratings_per_s"] for k in kinds],
-                    color=[{"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}[k.split("@")[0]]
-                           for k in kinds], alpha=1.0)
+                    color=[colours[k.split("@")[0].split("+")[0]] for k in kinds], alpha=1.0)
         axes[0].tick_params(axis="x", labelsize=7)
         axes[0].set_yscale("log")
         axes[0].set_title("saturated ratings/s per worker (log)")

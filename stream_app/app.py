@@ -22,6 +22,11 @@ An input event that sits on the wrong partition for its id (a producer that keye
 else, or not at all) is sent again to the same topic keyed by its id and skipped (outcome
 "rekeyed"); otherwise two workers could own the same user.
 
+Delivery is at-least-once end to end: an input offset is committed only after the event was handled by
+an agent and everything produced before it was delivered (`_Consumer`); a re-delivered event changes no
+state but publishes its entity's current vector again (`republish_duplicates`); a partition whose commit
+stalls is read again (`Runtime.replay_stalled`). `tests/test_stream_faults.py` kills workers to check it.
+
 Every worker scores top-N lists over the whole catalogue, while an item's vector is computed by the
 worker that owns its partition. So the item processor also writes each new item vector and side data
 to `<app_id>-catalogue` (keyed by item id, compacted where the broker compacts), and every worker reads
@@ -41,6 +46,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event  # see event_context()
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -169,8 +175,11 @@ class _Consumer(faust_aiokafka.Consumer):
         changelogs = self.app.tables.changelog_topics  # positioned by Faust's table recovery
         never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
         if never:
-            for tp, offset in (await self.earliest_offsets(*never)).items():
-                await self._seek(tp, offset)
+            try:
+                for tp, offset in (await self.earliest_offsets(*never)).items():
+                    await self._seek(tp, offset)
+            except IllegalStateError:  # revoked meanwhile: another rebalance, and another seek, follows
+                log.info("partitions revoked while seeking them to their beginning")
         return committed
 
     async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:

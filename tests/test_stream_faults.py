@@ -364,10 +364,6 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# The same intermittent problem as the two-worker test below (a clean-clone CI run, 2026-11-23: a user's last
-# ratings not processed within 90 s of the restart): run and reported, not allowed to fail CI.
-@pytest.mark.xfail(strict=False, reason="intermittent: ratings left unprocessed after a kill -9 restart "
-                   "(cause not found)")
 def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path):
     root, _ = models
     w = Worker(kafka_broker, root / "v1", tmp_path)  # a model folder: no pointer to follow
@@ -394,10 +390,11 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
 
 # ---------------------------------------------------------------------------------------------- scale-out
 
-# Known, not yet explained: after the takeover the survivor has now and then (1 of ~12 runs, standby or
-# not, more often on a loaded machine) left a few ratings unprocessed for over 90 s. It is run and
-# reported on every test run, but not allowed to fail CI until the cause is found (README, Scaling out).
-@pytest.mark.xfail(strict=False, reason="intermittent: ratings left unprocessed after a takeover (cause not found)")
+# After the fixes in stream_app/app.py (_Consumer) this passed 20 of 20 runs in a loop, then failed once in a
+# full test run (no standby): one item update, forwarded by the survivor while the victim's item partition
+# was moving, never reached the item table (its user side was complete). Cause not found: run and reported on
+# every test run, not allowed to fail CI (README, Scaling out).
+@pytest.mark.xfail(strict=False, reason="rare: an item update lost across a takeover (1 failure in ~22 runs)")
 @pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
 def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_rating(kafka_broker, models,
                                                                                      tmp_path, standbys):
