@@ -165,6 +165,26 @@ class _Consumer(faust_aiokafka.Consumer):
         self._handled.discard(key)
         return super().ack(message)
 
+    def _new_offset(self, tp):
+        # Faust holds a commit back when acknowledged offsets start more than one past the committed offset,
+        # but the committed offset is the next one to read: the event *at* it could be skipped and committed
+        # past (seen: the first rating after a rebalance lost for good). Hold the commit back for it too.
+        acked, committed = self._acked[tp], self._committed_offset.get(tp)
+        if acked and committed is not None and tp.topic in self.guarded_topics and min(acked) > committed:
+            return None
+        return super()._new_offset(tp)
+
+    async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
+        # Faust counts a jump in a partition's offsets as acknowledged (holes left by compaction or
+        # transaction markers) and commits past it. Our input topics have neither, so a jump means records
+        # were skipped (seen: a rating on the survivor's own partition committed but never processed after a
+        # takeover). Leave them unacknowledged: the partition's commit stops there and it is read again.
+        if tp.topic not in self.guarded_topics:
+            await super()._add_gap(tp, offset_from, offset_to)
+            return
+        log.warning("%s[%s]: offsets %s..%s skipped by the fetch; they will be read again", tp.topic, tp.partition,
+                    offset_from, offset_to - 1)
+
     async def seek_to_committed(self):
         # Faust drops records it has fetched but not processed when a rebalance interrupts it, and relies
         # on this seek to read them again; aiokafka does not seek a partition the group never committed,
