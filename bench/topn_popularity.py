@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from stream_app.data.registry import load_split
     from stream_app.plots import plot_lines
     from stream_app.settings import Settings
-    from stream_app.topn import baseline_scorer, evaluate_topn, popularity_scorer, with_popularity
+    from stream_app.topn import baseline_scorer, evaluate_topn, popularity_scorer, served_stars, with_popularity
 
     torch.set_num_threads(1)
     split = load_split(args.data, args.split, Settings.from_env())
@@ -103,14 +103,6 @@ def main(argv=None) -> int:
               + "/".join(f"{x:.3f}" for x in s["ndcg_crossed"]))
     print(f"popularity alone: NDCG {report['popularity_ndcg']:.3f}; wrote {out / 'popularity.json'}")
     return 0
-
-
-def served_stars(rec):
-    """Our predicted stars for every trained item, as the service computes them (before the popularity term)."""
-    items = rec.item_part(rec.vectors["item"], rec.features["item"])
-    when = float(rec.history.ts.max())
-    return lambda user: rec.score_items(items, rec.vectors["user"][user][None], rec.features["user"][user][None],
-                                        [when])[0]
 
 
 def _memo(scorer):

@@ -33,22 +33,27 @@ def popularity_scorer(train: RatingData):
     return lambda user: counts
 
 
+def served_stars(rec, ts: float | None = None):
+    """Our predicted stars for every trained item, computed as the service computes them (clamped to the scale)."""
+    when = float(ts if ts is not None else (rec.history.ts.max() if rec.history is not None else 0))
+    items = rec.item_part(rec.vectors["item"], rec.features["item"])
+    return lambda user: rec.score_items(items, rec.vectors["user"][user][None], rec.features["user"][user][None],
+                                        [when])[0]
+
+
 def aevec_scorer(rec, ts: float | None = None, popularity: bool = True):
     """Scorer of our model. popularity: rank as the service does (Recommender.rank_scores: predicted stars
     plus the popularity term); else the predictor's unclamped stars output alone."""
     import torch
 
+    if popularity:
+        stars = served_stars(rec, ts)
+        return lambda user: rec.rank_scores(stars(user), rec.item_counts)
     n_items = len(rec.vectors["item"])
     when = float(ts if ts is not None else (rec.history.ts.max() if rec.history is not None else 0))
-    items = rec.item_part(rec.vectors["item"], rec.features["item"])
     context = torch.as_tensor(rec.schema.encode_context(np.full(n_items, when)), dtype=torch.float32)
     items_v = torch.as_tensor(rec.vectors["item"])
     items_f = torch.as_tensor(rec.features["item"])
-
-    @torch.no_grad()
-    def ranked(user: int) -> np.ndarray:
-        stars = rec.score_items(items, rec.vectors["user"][user][None], rec.features["user"][user][None], [when])[0]
-        return rec.rank_scores(stars, rec.item_counts)
 
     @torch.no_grad()
     def stars_only(user: int) -> np.ndarray:
@@ -56,13 +61,15 @@ def aevec_scorer(rec, ts: float | None = None, popularity: bool = True):
         uf = torch.as_tensor(rec.features["user"][user]).expand(n_items, -1)
         return rec.model.predictor(uv, uf, items_v, items_f, context)[:, 0].numpy()
 
-    return ranked if popularity else stars_only
+    return stars_only
 
 
 def with_popularity(scorer, train: RatingData, weight: float):
     """Any scorer (in stars) ranked like our service ranks: + weight * ln(1 + the item's training ratings)."""
-    log_counts = np.log1p(np.bincount(train.item, minlength=train.n_items).astype(np.float64))
-    return lambda user: np.asarray(scorer(user), np.float64) + weight * log_counts
+    from stream_app.core.foldin import popularity_ranked
+
+    counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+    return lambda user: popularity_ranked(np.asarray(scorer(user), np.float64), counts, weight)
 
 
 def evaluate_topn(scorers: dict, train: RatingData, test: RatingData, n: int = 10,

@@ -21,6 +21,11 @@ from stream_app.core.records import encode_entities, pack_record_sets
 SIDES = ("user", "item")
 
 
+def popularity_ranked(stars: np.ndarray, item_counts: np.ndarray, weight: float) -> np.ndarray:
+    """stars + weight * ln(1 + item_counts), a new array (how top-N lists rank; see ModelConfig.popularity_weight)."""
+    return stars + weight * np.log1p(item_counts) if weight else np.array(stars, copy=True)
+
+
 def other(side: str) -> str:
     return "item" if side == "user" else "user"
 
@@ -178,8 +183,7 @@ class Recommender:
 
     def rank_scores(self, stars: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
         """What top-N lists rank by: predicted stars + popularity_weight * ln(1 + ratings of the item)."""
-        weight = self.model.config.popularity_weight
-        return stars + weight * np.log1p(item_counts) if weight else np.array(stars, copy=True)
+        return popularity_ranked(stars, item_counts, self.model.config.popularity_weight)
 
     def top_n(self, stars: np.ndarray, item_counts: np.ndarray, n: int,
               exclude: np.ndarray | set | None = None) -> list[tuple[int, float]]:
