@@ -63,9 +63,6 @@ from stream_app.stream.service import FoldInService, Query, dense, sparse
 log = logging.getLogger(__name__)
 
 REKEYED_HEADER = "recsys-rekeyed"
-# Longest time a fetch waits for data. Faust hardcodes 1500 ms; tansu holds a fetch for that long even
-# when some data is there, so every hop of the pipeline (ratings -> item-updates -> ...) costs up to it.
-FETCH_MAX_WAIT_MS = 100
 
 def faust_config(settings: Settings) -> dict[str, Any]:
     """Faust settings derived from ours."""
@@ -131,7 +128,7 @@ def event_context(event) -> Iterator[None]:
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms  # read when its fetcher starts
         return consumer
 
 
@@ -219,7 +216,15 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class FastFetchApp(faust.App):
-    """faust.App whose Kafka consumer waits at most FETCH_MAX_WAIT_MS for a fetch (see there)."""
+    """faust.App whose Kafka consumer waits at most `fetch_max_wait` seconds for a fetch.
+
+    Faust hardcodes 1.5 s; tansu holds a fetch for that long even when some data is there, so every hop of
+    the pipeline (ratings -> item-updates -> ...) would cost up to it.
+    """
+
+    def __init__(self, *args, fetch_max_wait: float = 0.02, **kwargs):
+        self.fetch_max_wait_ms = max(int(fetch_max_wait * 1000), 1)
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self):
         if self.conf.broker_consumer[0].scheme in ("kafka", "aiokafka"):
@@ -624,6 +629,7 @@ class Runtime:
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_from_url(s.broker_url), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=self.app.fetch_max_wait_ms,
                                     client_id=f"{s.app_id}-catalogue-sync")
         await consumer.start()
         try:
@@ -758,7 +764,7 @@ def create_app(settings: Settings | None = None, recommender=None, metrics: Stre
     settings = settings or Settings.from_env()
     recommender = recommender or load_model(settings)
     service = FoldInService.from_settings(recommender, settings)
-    app = RecsysApp(settings.app_id, **faust_config(settings))
+    app = RecsysApp(settings.app_id, fetch_max_wait=settings.fetch_max_wait, **faust_config(settings))
     app.runtime = Runtime(app, settings, service, metrics or StreamMetrics())
     return app
 

@@ -50,7 +50,13 @@ class Settings:
     top_n: int = _setting(10, "default length of recommendation lists", "stream")
     recommend_on_rating: bool = _setting(True, "publish a fresh top-N after each rating of a user", "stream")
     batch_size: int = _setting(256, "events folded in per encoder call (stream.take)", "stream")
-    batch_timeout: float = _setting(0.05, "seconds to wait for a batch to fill", "stream")
+    batch_timeout: float = _setting(
+        0.01, "seconds to wait for a batch to fill (a busy worker fills its batches anyway; this bounds the wait "
+        "at low load)", "stream")
+    fetch_max_wait: float = _setting(
+        0.02, "seconds a worker's fetch request may wait for new events: tansu holds every fetch this long even "
+        "when events are there, so each hop of the pipeline can add up to it; Kafka answers as soon as there are "
+        "events, so there a larger value (e.g. 0.5) only saves idle requests", "stream")
     max_event_bytes: int = _setting(65536, "larger payloads go to dead-letters", "stream")
     store_dir: str = _setting("stores", "RocksDB table store folder", "stream")
     web_port: int = _setting(6066, "worker web port (serves /metrics)", "stream")
