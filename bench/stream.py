@@ -16,8 +16,9 @@ One run measures, side by side on the same broker and machine (compare the ratio
   `recsys worker` with RECSYS_RECOMMEND_ON_RATING off / on). Every Kafka message written per rating is
   counted afterwards by reading the run's topics (outputs, internal topic, changelogs).
 - latency: then ratings are offered at fixed rates (each by a different user) and the time from the
-  produce call (the event's ts) to when a consumer here sees that user's output (recommendations for
-  rec-on, user-vectors for rec-off) gives p50/p99.
+  produce call (the event's ts) to the publish time of that user's output (the output record's timestamp,
+  set by the worker's producer; recommendations for rec-on, user-vectors for rec-off) gives p50/p99, and
+  the time until a consumer here sees the output is reported beside it.
 - fold-in: vectors/s of Recommender.fold_in (frozen set encoder, K subsets) at batch sizes 1/16/64,
   64-rating windows, against the closed-form ALS fold-in (stream_app/baselines.py ALSMF).
 - top-10 over the ~3.7K-item catalogue: FoldInService.recommend (the predictor scores every item) against
@@ -35,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -175,7 +177,7 @@ def noop_worker() -> None:
     from stream_app.settings import Settings
 
     settings = Settings.from_env()
-    app = FastFetchApp(settings.app_id, **faust_config(settings))
+    app = FastFetchApp(settings.app_id, fetch_max_wait=settings.fetch_max_wait, **faust_config(settings))
     topic = app.topic(settings.topic_ratings, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     count = {"events": 0}
@@ -196,16 +198,18 @@ class Run:
     """One worker configuration on its own topics, app id and store."""
 
     def __init__(self, kind: str, broker, artifacts: Path, tmp: Path, tag: str):
-        """kind: noop, rec-off or rec-on, optionally +batch (RECSYS_PRODUCER_BATCHING on: what a real Kafka
-        deployment can use; tansu's end offsets break changelog recovery with it) and @REV: the service code
-        of git revision REV (see baseline())."""
+        """kind: noop, rec-off or rec-on, then any number of +batch (RECSYS_PRODUCER_BATCHING on: what a real
+        Kafka deployment can use; tansu's end offsets break changelog recovery with it) or +SETTING=VALUE
+        (RECSYS_SETTING=VALUE for this worker), then optionally @REV: the service code of git revision REV
+        (see baseline())."""
         from stream_app.broker import free_port
 
         self.kind, self.broker, self.port = kind, broker, free_port()
         self.base, _, rev = kind.partition("@")
-        self.base, _, option = self.base.partition("+")
+        self.base, *options = self.base.split("+")
+        overrides = dict(option.split("=", 1) for option in options if "=" in option)
         source = str(ROOT) if not rev else os.pathsep.join(map(str, baseline(rev)))
-        name = f"{self.base}-{option}" if option else self.base
+        name = "-".join([self.base, *(re.sub(r"[^A-Za-z0-9]+", "_", option) for option in options)])
         self.prefix = f"{tag}-{rev}-{name}" if rev else f"{tag}-{name}"  # no run's prefix starts another's
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
@@ -215,9 +219,10 @@ class Run:
                         RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
                         RECSYS_APP_ID=self.prefix, RECSYS_PARTITIONS=str(PARTITIONS),
                         RECSYS_RECOMMEND_ON_RATING="true" if self.base == "rec-on" else "false",
-                        RECSYS_PRODUCER_BATCHING="true" if option == "batch" else "false",
+                        RECSYS_PRODUCER_BATCHING="true" if "batch" in options else "false",
                         **{f"RECSYS_TOPIC_{k.upper().replace('-', '_').replace('RECOMMEND_REQUESTS', 'REQUESTS')}": v
-                           for k, v in self.topics.items()})
+                           for k, v in self.topics.items()},
+                        **{f"RECSYS_{k.upper()}": v for k, v in overrides.items()})
         self.log_path = tmp / f"worker-{self.prefix}.log"
         self.process: subprocess.Popen | None = None
 
@@ -379,18 +384,26 @@ def stop_profile(procs, log) -> None:
 
 
 class OutputWatcher(threading.Thread):
-    """Reads output topics from their current end; first arrival time per user id."""
+    """Reads output topics from their current end; per user id, the first output's publish time (the record's
+    timestamp, set by the worker's producer when it sends) and when this consumer saw it.
+
+    Latency is measured to the publish time: a consumer's own fetch wait is not the worker's (tansu holds a
+    fetch for up to its max wait even when data is there, kafka-python's default being 500 ms); the arrival
+    here is reported beside it, with a 10 ms fetch wait.
+    """
 
     def __init__(self, bootstrap: str, topics: list[str]):
         super().__init__(daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                      fetch_max_wait_ms=10)
         parts = [TopicPartition(t, p) for t in topics for p in (self.consumer.partitions_for_topic(t) or ())]
         self.consumer.assign(parts)
         self.consumer.seek_to_end(*parts)
         for tp in parts:
             self.consumer.position(tp)
+        self.published: dict[str, dict[str, float]] = {t: {} for t in topics}
         self.seen: dict[str, dict[str, float]] = {t: {} for t in topics}
         self.stopping = threading.Event()
 
@@ -399,6 +412,7 @@ class OutputWatcher(threading.Thread):
             for tp, records in self.consumer.poll(timeout_ms=50).items():
                 now = time.time()
                 for r in records:
+                    self.published[tp.topic].setdefault(r.key.decode(), r.timestamp / 1e3)
                     self.seen[tp.topic].setdefault(r.key.decode(), now)
 
     def close(self) -> None:
@@ -436,12 +450,18 @@ def latency(run: Run, producer, rec_ids, popularity, rate: float, duration: floa
     watcher.close()
     out = {"offered_per_s": offered, "events": n}
     for t in outputs:
-        seen = watcher.seen[run.topics[t]]
-        lat = np.array([seen[u] - ts for u, ts in sent.items() if u in seen]) * 1e3
-        out[t] = {"received": int(len(lat)), "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-                  "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-                  "max_ms": float(lat.max()) if len(lat) else None}
+        published, seen = watcher.published[run.topics[t]], watcher.seen[run.topics[t]]
+        out[t] = {**percentiles(published, sent), **percentiles(seen, sent, prefix="seen_")}
     return out
+
+
+def percentiles(when: dict[str, float], sent: dict[str, float], prefix: str = "") -> dict:
+    """p50/p99/max in ms of when[user] - sent[user] over the users with an output."""
+    lat = np.array([when[u] - ts for u, ts in sent.items() if u in when]) * 1e3
+    if not len(lat):
+        return {f"{prefix}received": 0, f"{prefix}p50_ms": None, f"{prefix}p99_ms": None, f"{prefix}max_ms": None}
+    return {f"{prefix}received": int(len(lat)), f"{prefix}p50_ms": float(np.percentile(lat, 50)),
+            f"{prefix}p99_ms": float(np.percentile(lat, 99)), f"{prefix}max_ms": float(lat.max())}
 
 
 def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | None, profile_kind: str, log) -> dict:
@@ -480,8 +500,10 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                                 lat = latency(run, producer, rec_ids, popularity, rate, duration, rng, log)
                                 res["latency"][str(rate)] = lat
                                 main = lat[main_output(kind)]
-                                log(f"  offered {lat['offered_per_s']:.0f}/s: p50 {main['p50_ms']} ms, "
-                                    f"p99 {main['p99_ms']} ms ({main['received']}/{lat['events']} outputs)")
+                                log(f"  offered {lat['offered_per_s']:.0f}/s: published p50/p99 "
+                                    f"{fmt(main['p50_ms'])}/{fmt(main['p99_ms'])} ms; seen by a consumer "
+                                    f"{fmt(main['seen_p50_ms'])}/{fmt(main['seen_p99_ms'])} ms "
+                                    f"({main['received']}/{lat['events']} outputs)")
                     finally:
                         run.stop()
                     results[kind] = res
@@ -526,7 +548,7 @@ def table(result: dict) -> str:
     noop = s.get("noop", {}).get("drain", {}).get("ratings_per_s")
     if s:
         lines.append(f"{'worker':16} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16}   "
-                     "latency p50/p99 ms by offered load")
+                     "event-to-publish p50/p99 ms by offered load")
         for kind, res in s.items():
             d = res["drain"]
             ratio = d["ratings_per_s"] / noop if noop else None
@@ -604,9 +626,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer ratings and shorter load phases")
     p.add_argument("--only", choices=["stream", "micro"], default=None)
     p.add_argument("--kinds", default="noop,rec-off,rec-on",
-                   help="worker configurations, in order: noop, rec-off, rec-on, each optionally +batch (producer "
-                        "batching on, as on real Kafka) and @REV to run the service code of git revision REV "
-                        "(e.g. rec-on@a9b2bca) in the same run")
+                   help="worker configurations, in order: noop, rec-off, rec-on, each optionally with +batch "
+                        "(producer batching on, as on real Kafka), +SETTING=VALUE (e.g. rec-on+batch_timeout=0.01) "
+                        "and @REV to run the service code of git revision REV (e.g. rec-on@a9b2bca) in the same run")
     p.add_argument("--profile", default=None, help="py-spy flame graph (SVG path) of one worker while it drains")
     p.add_argument("--profile-kind", default="rec-on", help="the worker --profile records (default rec-on)")
     p.add_argument("--out", default=str(RESULTS / "stream.json"))
