@@ -390,10 +390,8 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
 
 # ---------------------------------------------------------------------------------------------- scale-out
 
-# Lost ratings after a takeover were traced to six mechanisms, fixed in stream_app/app.py (_Consumer); after the
-# last two fixes this passed 20 of 20 loop runs. It stays non-strict until it has a longer record: it runs and
-# reports on every test run but cannot fail CI (README, Scaling out).
-@pytest.mark.xfail(strict=False, reason="rare takeover losses fixed recently; kept non-strict until a longer record")
+# Lost ratings after a takeover were traced to six mechanisms, fixed in stream_app/app.py (_Consumer); since the
+# last two fixes this passed every loop run (README, Scaling out). When it fails, it prints where ratings stopped.
 @pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
 def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_rating(kafka_broker, models,
                                                                                      tmp_path, standbys):
