@@ -194,6 +194,10 @@ def noop_worker() -> None:
     Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
+# topics the worker names after its app id (internal, catalogue, table changelogs)
+WORKER_TOPICS = ("item-updates", "catalogue", "users-changelog", "items-changelog")
+
+
 class Run:
     """One worker configuration on its own topics, app id and store."""
 
@@ -210,7 +214,7 @@ class Run:
         overrides = dict(option.split("=", 1) for option in options if "=" in option)
         source = str(ROOT) if not rev else os.pathsep.join(map(str, baseline(rev)))
         name = "-".join([self.base, *(re.sub(r"[^A-Za-z0-9]+", "_", option) for option in options)])
-        self.prefix = f"{tag}-{rev}-{name}" if rev else f"{tag}-{name}"  # no run's prefix starts another's
+        self.prefix = f"{tag}-{rev}-{name}" if rev else f"{tag}-{name}"
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
                         "recommendations", "dead-letters")}
@@ -276,7 +280,9 @@ class Run:
 
         consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False, group_id=None)
         try:
-            topics = [t for t in consumer.topics() if t.startswith(self.prefix)]
+            # by name: another run's prefix may start with this one's (rec-off+x=1 and rec-off+x=1+y=2)
+            own = {*self.topics.values(), *(f"{self.prefix}-{name}" for name in WORKER_TOPICS)}
+            topics = [t for t in consumer.topics() if t in own]
             parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
             consumer.assign(parts)
             consumer.seek_to_beginning(*parts)
@@ -574,51 +580,65 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    s = result.get("stream", {})
+    s, m = result.get("stream", {}), result.get("micro")
+    rows = sum(len(v.get("latency", {})) for v in s.values())  # the latency panel has one row per kind and load
+    fig, axes = plt.subplots(1, 2 * bool(s) + 2 * bool(m), figsize=(9 * (bool(s) + bool(m)), max(4, 0.35 * rows)),
+                             squeeze=False)
+    axes = list(axes[0])
     if s:
-        kinds = list(s)
-        colours = {"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}
-        axes[0].bar(kinds, [s[k]["drain"]["ratings_per_s"] for k in kinds],
-                    color=[colours[k.split("@")[0].split("+")[0]] for k in kinds], alpha=1.0)
-        axes[0].tick_params(axis="x", labelsize=7)
-        axes[0].set_yscale("log")
-        axes[0].set_title("saturated ratings/s per worker (log)")
-        labels, p50, p99 = [], [], []
-        for k in kinds:
-            for rate, v in s[k].get("latency", {}).items():
-                m = v[main_output(k)]
-                labels.append(f"{k} {rate}/s")
-                p50.append(m["p50_ms"] or 0)
-                p99.append(m["p99_ms"] or 0)
-        x = np.arange(len(labels))
-        axes[1].bar(x - 0.2, p50, 0.4, label="p50")
-        axes[1].bar(x + 0.2, p99, 0.4, label="p99")
-        axes[1].axhline(100, color="red", lw=0.8, ls="--")
-        axes[1].set_xticks(x, labels, fontsize=7, rotation=60)
-        axes[1].set_yscale("log")
-        axes[1].set_title("event-to-publish latency (ms)")
-        axes[1].legend()
-    m = result.get("micro")
+        throughput_plot(axes.pop(0), s)
+        latency_plot(axes.pop(0), s)
     if m:
-        f = m["foldin_vectors_per_s"]
-        b = list(f["ours"])
-        x = np.arange(len(b))
-        axes[2].bar(x - 0.2, [f["ours"][k] for k in b], 0.4, label="ours (frozen encoder)")
-        axes[2].bar(x + 0.2, [f["als"][k] for k in b], 0.4, label="ALS closed form")
-        axes[2].set_xticks(x, [f"batch {k}" for k in b])
-        axes[2].set_yscale("log")
-        axes[2].set_title("fold-in vectors/s")
-        axes[2].legend(fontsize=8)
-        t = m["top10_ms"]
-        axes[3].bar(["ours", "MF dot"], [t["ours"], t["mf"]])
-        axes[3].axhline(2, color="red", lw=0.8, ls="--")
-        axes[3].set_title(f"top-10 over {t['items']} items (ms)")
+        micro_plots(axes.pop(0), axes.pop(0), m)
     fig.suptitle(f"{result['date']}  {result['git']['commit'][:10]}  {result['machine']['cpu']} "
                  f"({result['machine']['cores']} cores, shared)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def throughput_plot(ax, s: dict) -> None:
+    kinds = list(s)[::-1]  # horizontal bars, first kind on top: long kind names stay readable
+    colours = {"noop": "grey", "rec-off": "tab:blue", "rec-on": "tab:orange"}
+    ax.barh(kinds, [s[k]["drain"]["ratings_per_s"] for k in kinds],
+            color=[colours[k.split("@")[0].split("+")[0]] for k in kinds])
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xscale("log")
+    ax.set_title("saturated ratings/s per worker (log)")
+
+
+def latency_plot(ax, s: dict) -> None:
+    labels, p50, p99 = [], [], []
+    for k in s:
+        for rate, v in s[k].get("latency", {}).items():
+            out = v[main_output(k)]
+            labels.append(f"{k}  {rate}/s")
+            p50.append(out["p50_ms"] or 0)
+            p99.append(out["p99_ms"] or 0)
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y + 0.2, p50, 0.4, label="p50")
+    ax.barh(y - 0.2, p99, 0.4, label="p99")
+    ax.axvline(100, color="red", lw=0.8, ls="--")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_title("event-to-publish by offered load (ms, log)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def micro_plots(foldin_ax, top10_ax, m: dict) -> None:
+    f = m["foldin_vectors_per_s"]
+    b = list(f["ours"])
+    x = np.arange(len(b))
+    foldin_ax.bar(x - 0.2, [f["ours"][k] for k in b], 0.4, label="ours (frozen encoder)")
+    foldin_ax.bar(x + 0.2, [f["als"][k] for k in b], 0.4, label="ALS closed form")
+    foldin_ax.set_xticks(x, [f"batch {k}" for k in b])
+    foldin_ax.set_yscale("log")
+    foldin_ax.set_title("fold-in vectors/s")
+    foldin_ax.legend(fontsize=8)
+    t = m["top10_ms"]
+    top10_ax.bar(["ours", "MF dot"], [t["ours"], t["mf"]])
+    top10_ax.axhline(2, color="red", lw=0.8, ls="--")
+    top10_ax.set_title(f"top-10 over {t['items']} items (ms)")
 
 
 def main() -> int:
@@ -632,10 +652,16 @@ def main() -> int:
     p.add_argument("--profile", default=None, help="py-spy flame graph (SVG path) of one worker while it drains")
     p.add_argument("--profile-kind", default="rec-on", help="the worker --profile records (default rec-on)")
     p.add_argument("--out", default=str(RESULTS / "stream.json"))
+    p.add_argument("--replot", action="store_true", help="only redraw the table and PNG of the --out JSON")
     p.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.noop_worker:
         noop_worker()
+        return 0
+    if args.replot:
+        result = json.loads(Path(args.out).read_text())
+        print(table(result))
+        plot(result, Path(args.out).with_suffix(".png"))
         return 0
     profile = QUICK if args.quick else FULL
 
