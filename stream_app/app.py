@@ -222,7 +222,7 @@ class FastFetchApp(faust.App):
     the pipeline (ratings -> item-updates -> ...) would cost up to it.
     """
 
-    def __init__(self, *args, fetch_max_wait: float = 0.02, **kwargs):
+    def __init__(self, *args, fetch_max_wait: float = Settings.fetch_max_wait, **kwargs):
         self.fetch_max_wait_ms = max(int(fetch_max_wait * 1000), 1)
         super().__init__(*args, **kwargs)
 
