@@ -27,15 +27,25 @@ def baseline_scorer(model):
     return scores
 
 
+def training_counts(train: RatingData) -> np.ndarray:
+    """Ratings per item in the training data (float64)."""
+    return np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+
+
 def popularity_scorer(train: RatingData):
     """A non-personalised reference: items by their number of training ratings."""
-    counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+    counts = training_counts(train)
     return lambda user: counts
+
+
+def scoring_time(rec, ts: float | None = None) -> float:
+    """The rating time top-N lists are scored at: ts, else the model's last training rating (0 without history)."""
+    return float(ts if ts is not None else (rec.history.ts.max() if rec.history is not None else 0))
 
 
 def served_stars(rec, ts: float | None = None):
     """Our predicted stars for every trained item, computed as the service computes them (clamped to the scale)."""
-    when = float(ts if ts is not None else (rec.history.ts.max() if rec.history is not None else 0))
+    when = scoring_time(rec, ts)
     items = rec.item_part(rec.vectors["item"], rec.features["item"])
     return lambda user: rec.score_items(items, rec.vectors["user"][user][None], rec.features["user"][user][None],
                                         [when])[0]
@@ -50,8 +60,7 @@ def aevec_scorer(rec, ts: float | None = None, popularity: bool = True):
         stars = served_stars(rec, ts)
         return lambda user: rec.rank_scores(stars(user), rec.item_counts)
     n_items = len(rec.vectors["item"])
-    when = float(ts if ts is not None else (rec.history.ts.max() if rec.history is not None else 0))
-    context = torch.as_tensor(rec.schema.encode_context(np.full(n_items, when)), dtype=torch.float32)
+    context = torch.as_tensor(rec.schema.encode_context(np.full(n_items, scoring_time(rec, ts))), dtype=torch.float32)
     items_v = torch.as_tensor(rec.vectors["item"])
     items_f = torch.as_tensor(rec.features["item"])
 
@@ -68,7 +77,7 @@ def with_popularity(scorer, train: RatingData, weight: float):
     """Any scorer (in stars) ranked like our service ranks: + weight * ln(1 + the item's training ratings)."""
     from stream_app.core.foldin import popularity_ranked
 
-    counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
+    counts = training_counts(train)
     return lambda user: popularity_ranked(np.asarray(scorer(user), np.float64), counts, weight)
 
 
