@@ -194,8 +194,14 @@ def noop_worker() -> None:
     Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
-# topics the worker names after its app id (internal, catalogue, table changelogs)
-WORKER_TOPICS = ("item-updates", "catalogue", "users-changelog", "items-changelog")
+def worker_topics(app_id: str) -> dict[str, str]:
+    """Topics the worker names after its app id: the internal forward, the catalogue, the tables' changelogs."""
+    from stream_app.app import catalogue_topic, internal_topic
+    from stream_app.settings import Settings
+
+    settings = Settings(app_id=app_id)
+    return {"item-updates": internal_topic(settings), "catalogue": catalogue_topic(settings),
+            **{f"{table}-changelog": f"{app_id}-{table}-changelog" for table in ("users", "items")}}  # Faust's naming
 
 
 class Run:
@@ -218,6 +224,7 @@ class Run:
         self.topics = {name: f"{self.prefix}-{name}" for name in
                        ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors",
                         "recommendations", "dead-letters")}
+        self.internal_topics = worker_topics(self.prefix)
         self.env = dict(os.environ, PYTHONPATH=source, PYTHONUNBUFFERED="1",
                         RECSYS_BROKER_URL=broker.url, RECSYS_ARTIFACTS_DIR=str(artifacts),
                         RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
@@ -270,7 +277,7 @@ class Run:
             return n, n
         samples = read_metrics(self.port)
         users = int(counted(samples, self.topics["ratings"]))
-        items = int(counted(samples, f"{self.prefix}-item-updates"))
+        items = int(counted(samples, self.internal_topics["item-updates"]))
         return users, min(users, items)
 
     def published(self, idle: float = 1.5) -> dict[str, int]:
@@ -281,7 +288,7 @@ class Run:
         consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False, group_id=None)
         try:
             # by name: another run's prefix may start with this one's (rec-off+x=1 and rec-off+x=1+y=2)
-            own = {*self.topics.values(), *(f"{self.prefix}-{name}" for name in WORKER_TOPICS)}
+            own = {*self.topics.values(), *self.internal_topics.values()}
             topics = [t for t in consumer.topics() if t in own]
             parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
             consumer.assign(parts)
