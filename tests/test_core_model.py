@@ -39,7 +39,7 @@ def trained(planted):
 def test_autoencoder_shapes(encoder):
     cfg = ModelConfig(n_dim=8, m_records=5, hidden=16, encoder=encoder)
     model = AEVecModel(cfg, user_dim=4, item_dim=3, context_dim=9, rates_dim=2)
-    user_record = 8 + 3 + 9 + 2  # a user is described by records of the items it rated
+    user_record = model.vector_dim + 3 + 9 + 2  # a user is described by records of the items it rated
     records = torch.randn(7, 3, 5, user_record)
     mask = torch.ones(7, 3, 5, dtype=torch.bool)
     code = model.user_encoder(records, mask)
@@ -47,14 +47,15 @@ def test_autoencoder_shapes(encoder):
     assert code.abs().max() <= 1.0  # tanh bottleneck
     loss = model.user_decoder.loss(code, records, mask)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    out = model.predictor(torch.randn(7, 8), torch.randn(7, 4), torch.randn(7, 8), torch.randn(7, 3),
+    v = model.vector_dim  # the code, plus the bias
+    out = model.predictor(torch.randn(7, v), torch.randn(7, 4), torch.randn(7, v), torch.randn(7, 3),
                           torch.randn(7, 9))
     assert out.shape == (7, 2)
 
 
 def test_set_encoder_is_permutation_invariant_and_ignores_masked_slots():
     model = AEVecModel(ModelConfig(n_dim=8, m_records=5, hidden=16, dropout=0.0), 4, 3, 9, 2).eval()
-    records = torch.randn(2, 1, 5, 22)
+    records = torch.randn(2, 1, 5, model.vector_dim + 3 + 9 + 2)
     mask = torch.tensor([[[True] * 5], [[True, True, True, False, False]]])
     code = model.user_encoder(records, mask)
     shuffled = model.user_encoder(records[:, :, [4, 2, 0, 1, 3]], mask[:, :, [4, 2, 0, 1, 3]])
@@ -225,8 +226,15 @@ def test_fold_in_shrinks_few_ratings_toward_the_cold_start_vector(planted, train
     for records in (one, many):
         raw = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=0.0)[0]
         shrunk = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=4.0)[0]
-        n = len(records)
-        np.testing.assert_allclose(shrunk, (n * raw + 4.0 * cold) / (n + 4.0), rtol=1e-5, atol=1e-6)
+        n, codes = len(records), rec.model.config.n_dim
+        np.testing.assert_allclose(shrunk[:codes], (n * raw[:codes] + 4.0 * cold[:codes]) / (n + 4.0),
+                                   rtol=1e-5, atol=1e-6)
+        # the bias: a ridge estimate around the cold-start bias, whatever the code prior
+        residual = records[:, -2] - float(rec.model.predictor.global_mean) - records[:, codes]
+        r = rec.model.config.bias_reg
+        for vector in (raw, shrunk):
+            expected = (residual.sum() + r * cold[codes]) / (n + r)
+            np.testing.assert_allclose(vector[codes], expected, rtol=1e-5, atol=1e-6)
     # one rating is mostly prior, many ratings mostly data
     raw_one = rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=0.0)[0]
     assert np.linalg.norm(rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=4.0)[0] - cold) < \

@@ -92,7 +92,7 @@ def load_artifact(path: str | Path) -> Recommender:
             raise ArtifactError(f"{path / name} does not match its checksum in {MANIFEST}: "
                                 "the file was changed or corrupted; refusing to load it")
     try:
-        config = ModelConfig.from_dict(manifest["config"])
+        config = ModelConfig.from_dict({"biases": False, **manifest["config"]})  # older artifacts had no biases
         schema = FeatureSchema.from_dict(manifest["schema"])
         dims = manifest["dims"]
         model = AEVecModel(config, dims["user"], dims["item"], dims["context"], dims["rates"])

@@ -27,7 +27,10 @@ class ModelConfig:
     dropout: float = 0.1
     # training schedule
     rounds: int = 24
-    steps_per_round: int = 150  # AE/predictor steps between two ID refinements
+    # AE/predictor steps between two ID refinements: epochs_per_round passes over the training ratings
+    # (so the work grows linearly with the data), or exactly steps_per_round steps when that is > 0
+    epochs_per_round: float = 1.0
+    steps_per_round: int = 0
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-5
@@ -51,6 +54,11 @@ class ModelConfig:
     # ML-100K u1 together with product features: test RMSE 0.9678 vs 0.9203 without; off by default.
     whiten: bool = False
     init_scale: float = 0.3  # random initial ID vectors ~ U(-s, s)
+    # Closed-form entity biases beside the codes: each ID vector gets one more component, the entity's
+    # bias, folded in from its ratings as sum(star - mean - other side's bias) / (n + bias_reg) (a ridge
+    # solve, no training at serving); the predictor adds mean + user bias + item bias to its star output.
+    biases: bool = True
+    bias_reg: float = 10.0  # pseudo-ratings pulling a bias toward its cold-start value
     # serving
     cold_ridge: float = 1.0  # ridge penalty of the side-data -> vector cold-start regression
     # Fold-in shrinkage: an entity folded in from n ratings gets (n * encoded + c * cold) / (n + c),
@@ -83,6 +91,10 @@ class ModelConfig:
             raise ValueError("foldin_prior must be >= 0")
         if self.popularity_weight < 0:
             raise ValueError("popularity_weight must be >= 0")
+        if self.steps_per_round < 0 or self.epochs_per_round <= 0:
+            raise ValueError("steps_per_round must be >= 0 and epochs_per_round > 0")
+        if self.bias_reg < 0:
+            raise ValueError("bias_reg must be >= 0")
         if not 0 < self.smoothing <= 1:
             raise ValueError("smoothing must be in (0, 1]")
 

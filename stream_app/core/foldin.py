@@ -72,7 +72,8 @@ class Recommender:
 
     @property
     def n_dim(self) -> int:
-        return self.model.config.n_dim
+        """Width of an ID vector: the code size N, plus one for the bias when the model has biases."""
+        return self.model.vector_dim
 
     # ---- records -------------------------------------------------------------------------
     def records(self, side: str, other_vectors: np.ndarray, other_features: np.ndarray,
@@ -113,6 +114,8 @@ class Recommender:
             codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
                                     self.model.config.k_samples, seeds=seeds)
             vectors = self.model.to_vector(side, codes.mean(dim=1))
+            if self.model.config.biases:
+                vectors = torch.cat([vectors, self.model.fold_bias(records, count[has]).unsqueeze(1)], dim=1)
             out[has] = self.model.shrink_to_cold(vectors, out[has], count[has], prior)
         return out.numpy()
 

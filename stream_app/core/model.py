@@ -19,14 +19,16 @@ class AEVecModel(nn.Module):
         self.config = config
         self.dims = {"user": user_dim, "item": item_dim, "context": context_dim, "rates": rates_dim}
         n, m, h, p = config.n_dim, config.m_records, config.hidden, config.dropout
-        user_record = n + item_dim + context_dim + rates_dim
-        item_record = n + user_dim + context_dim + rates_dim
+        self.vector_dim = n + (1 if config.biases else 0)  # ID vector = [code, bias]: what records carry
+        user_record = self.vector_dim + item_dim + context_dim + rates_dim
+        item_record = self.vector_dim + user_dim + context_dim + rates_dim
         enc, dec = ENCODER_CLASSES[config.encoder], DECODER_CLASSES[config.encoder]
         self.user_encoder = enc(user_record, m, h, n, p)
         self.item_encoder = enc(item_record, m, h, n, p)
         self.user_decoder = dec(user_record, m, h, n, p, rates_dim)
         self.item_decoder = dec(item_record, m, h, n, p, rates_dim)
-        self.predictor = Predictor(n, user_dim, item_dim, context_dim, config.predictor_hidden, p, rates_dim)
+        self.predictor = Predictor(n, user_dim, item_dim, context_dim, config.predictor_hidden, p, rates_dim,
+                                   config.biases)
         # Breathing correction, frozen at training time: vector = center + (code - offset - center) @ whiten.
         # offset is the common drift of all codes; whiten (identity unless config.whiten) keeps the
         # dimensions decorrelated and of equal spread, so refinement cannot collapse onto a few directions.
@@ -34,8 +36,8 @@ class AEVecModel(nn.Module):
             self.register_buffer(f"{side}_offset", torch.zeros(n))
             self.register_buffer(f"{side}_center", torch.zeros(n))
             self.register_buffer(f"{side}_whiten", torch.eye(n))
-        self.register_buffer("user_cold", torch.zeros(user_dim + 1, n))
-        self.register_buffer("item_cold", torch.zeros(item_dim + 1, n))
+        self.register_buffer("user_cold", torch.zeros(user_dim + 1, self.vector_dim))
+        self.register_buffer("item_cold", torch.zeros(item_dim + 1, self.vector_dim))
 
     def encoder(self, side: str) -> nn.Module:
         return self.user_encoder if side == "user" else self.item_encoder
@@ -64,11 +66,29 @@ class AEVecModel(nn.Module):
 
     def shrink_to_cold(self, vectors: torch.Tensor, cold: torch.Tensor, count: torch.Tensor,
                        prior: float | None = None) -> torch.Tensor:
-        """(n * vector + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings."""
+        """(n * code + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings.
+
+        With biases, the last component (a bias from fold_bias, shrunk toward 0) moves to
+        (sum of residuals + bias_reg * cold bias) / (n + bias_reg), its ridge estimate around the cold one."""
         c = self.config.foldin_prior if prior is None else prior
         n = count.to(vectors.dtype).unsqueeze(-1)
         weight = n / (n + c).clamp(min=1e-12)  # 0 for an entity with no ratings, even when c = 0
-        return cold + weight * (vectors - cold)
+        out = cold + weight * (vectors - cold)
+        if self.config.biases:
+            r = self.config.bias_reg
+            out[..., -1] = vectors[..., -1] + r * cold[..., -1] / (n[..., 0] + r).clamp(min=1e-12)
+        return out
+
+    def fold_bias(self, records: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Biases [B] of B entities from their records (flat, in entity order, count[b] each):
+        sum(star - mean - other side's bias) / (n + bias_reg), one ridge step of the bias model.
+
+        A record is [other side's vector (its last component its bias), other data, context, rates];
+        the scaled star is the first rate."""
+        residual = records[:, -self.dims["rates"]] - self.predictor.global_mean - records[:, self.vector_dim - 1]
+        owner = torch.repeat_interleave(torch.arange(len(count)), count)
+        total = torch.zeros(len(count), dtype=residual.dtype).index_add_(0, owner, residual)
+        return total / (count.to(total.dtype) + self.config.bias_reg).clamp(min=1e-12)
 
     def fit_cold_start(self, side: str, data: torch.Tensor, vectors: torch.Tensor) -> None:
         x = torch.cat([data, torch.ones(data.shape[0], 1)], dim=1).double()

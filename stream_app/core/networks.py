@@ -128,16 +128,27 @@ class Predictor(nn.Module):
     """
 
     def __init__(self, n_dim: int, user_dim: int, item_dim: int, context_dim: int, hidden: int,
-                 dropout: float, n_rates: int):
+                 dropout: float, n_rates: int, biases: bool = False):
         super().__init__()
+        self.n_dim, self.biases = n_dim, biases
+        # Star output = mean + user bias + item bias + network (all on the [-1, 1] scale); vectors then
+        # carry the bias as their last component. The mean is set from the data, not trained.
+        if biases:
+            self.register_buffer("global_mean", torch.zeros(()))
         in_dim = 3 * n_dim + user_dim + item_dim + context_dim
         self.blocks = [n_dim, n_dim, n_dim, user_dim, item_dim, context_dim]  # input blocks of forward()
         self.body = mlp([in_dim, hidden, hidden // 2], dropout, nn.ReLU())
         self.heads = nn.Linear(hidden // 2, n_rates)
 
     def forward(self, user_vec, user_data, item_vec, item_data, context) -> torch.Tensor:
-        x = torch.cat([user_vec, item_vec, user_vec * item_vec, user_data, item_data, context], dim=-1)
-        return self.heads(self.body(x))
+        n = self.n_dim
+        u, i = user_vec[..., :n], item_vec[..., :n]
+        out = self.heads(self.body(torch.cat([u, i, u * i, user_data, item_data, context], dim=-1)))
+        return self._add_biases(out, user_vec[..., n], item_vec[..., n]) if self.biases else out
+
+    def _add_biases(self, out: torch.Tensor, user_bias: torch.Tensor, item_bias: torch.Tensor) -> torch.Tensor:
+        stars = out[..., :1] + (self.global_mean + user_bias + item_bias).unsqueeze(-1)
+        return torch.cat([stars, out[..., 1:]], dim=-1)
 
     # Scoring many items for a few users (top-N). The first layer is linear in each input block:
     # W [u, i, u*i, ud, id, c] + b = (W_i i + W_id id + b)   item part: once per catalogue change
@@ -149,15 +160,20 @@ class Predictor(nn.Module):
     def item_part(self, item_vec: torch.Tensor, item_data: torch.Tensor) -> torch.Tensor:
         """[n_items, hidden]: the items' share of the first layer, bias included."""
         _, w_i, _, _, w_id, _ = self._first_blocks()
-        return torch.addmm(self.body[0].bias, item_vec, w_i.T).addmm_(item_data, w_id.T)
+        return torch.addmm(self.body[0].bias, item_vec[:, :self.n_dim], w_i.T).addmm_(item_data, w_id.T)
 
     def score_items(self, item_part: torch.Tensor, item_vec: torch.Tensor, user_vec: torch.Tensor,
                     user_data: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """[B, n_items, n_rates]: forward() of every (user b, item) pair, from item_part() of the items."""
         w_u, _, w_ui, w_ud, _, w_c = self._first_blocks()
-        user_part = user_vec @ w_u.T + user_data @ w_ud.T + context @ w_c.T  # [B, hidden]
-        inter = torch.matmul(item_vec, (w_ui.unsqueeze(0) * user_vec.unsqueeze(1)).transpose(1, 2))
+        n = self.n_dim
+        u, i = user_vec[:, :n], item_vec[:, :n]
+        user_part = u @ w_u.T + user_data @ w_ud.T + context @ w_c.T  # [B, hidden]
+        inter = torch.matmul(i, (w_ui.unsqueeze(0) * u.unsqueeze(1)).transpose(1, 2))
         hidden = torch.relu_(inter.add_(item_part).add_(user_part.unsqueeze(1)))
         for layer in list(self.body)[2:]:
             hidden = layer(hidden)
-        return self.heads(hidden)
+        out = self.heads(hidden)
+        if not self.biases:
+            return out
+        return self._add_biases(out, user_vec[:, n].unsqueeze(1), item_vec[:, n].unsqueeze(0))
