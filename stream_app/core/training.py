@@ -1,6 +1,6 @@
 """Offline training: alternate autoencoder (and predictor) steps with ID refinement rounds.
 
-Round r: `steps_per_round` gradient steps on the networks with the current ID tables frozen,
+Round r: `epochs_per_round` passes (or `steps_per_round` gradient steps) on the networks with the current ID tables frozen,
 then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
 the common drift of all targets ("breathing") is removed; each vector moves a `smoothing` step
 toward its corrected target. At the end the encoders are frozen and every vector is recomputed
@@ -10,7 +10,9 @@ exactly as serving does (fold-in), so trained and served vectors agree.
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,20 @@ from stream_app.core.foldin import SIDES, History, Recommender, other
 from stream_app.core.model import AEVecModel
 from stream_app.core.records import Groups, sample_positions, subset_index
 from stream_app.data.dataset import RatingData
+
+
+def set_training_threads(requested: int = 0, leave: int = 0) -> int:
+    """Set torch's intra-op threads: `requested`, or (0) the CPUs this process may run on minus `leave`
+    (cores kept for workers on the same machine), at least 1. Returns the number set."""
+    if requested <= 0:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        requested = cores - leave
+    threads = max(1, requested)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,7 +73,7 @@ class TrainState:
 class TrainingData:
     """Tensors derived once from RatingData and the feature schema."""
 
-    def __init__(self, data: RatingData, schema, device: torch.device, seed: int = 0):
+    def __init__(self, data: RatingData, schema, device: torch.device, seed: int = 0, bias_reg: float | None = None):
         self.data = data
         t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
         self.entity = {"user": t(data.user), "item": t(data.item)}
@@ -71,15 +87,66 @@ class TrainingData:
         self.size = {"user": data.n_users, "item": data.n_items}
         for g in self.groups.values():
             g.rows = g.rows.to(device)
-        # Static part of each rating's record, seen from each side: [other data, context, rates]
-        self.static = {side: torch.cat([self.features[other(side)][self.entity[other(side)]], self.context,
+        self.biases = None if bias_reg is None else EntityBiases.fit(self, bias_reg)
+        # Static part of each rating's record, seen from each side: [(other bias), other data, context, rates]
+        self.static = {side: torch.cat(self._bias_column(other(side), self.entity[other(side)]) +
+                                       [self.features[other(side)][self.entity[other(side)]], self.context,
                                         self.rates], dim=1) for side in SIDES}
 
+    def _bias_column(self, side: str, index: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """[the biases of `side`'s entities at index (all without) as a column], or [] without biases."""
+        if self.biases is None:
+            return []
+        b = self.biases.bias[side]
+        return [(b if index is None else b[index]).unsqueeze(1)]
+
     def records(self, side: str, tables: dict) -> torch.Tensor:
-        """Flat records of `side`'s entities in group order: [other side's vector, static part]."""
+        """Flat records of `side`'s entities in group order: [other side's ID vector, static part]."""
         rows = self.groups[side].rows
         o = other(side)
         return torch.cat([tables[o][self.entity[o][rows]], self.static[side][rows]], dim=1)
+
+    def vectors(self, side: str, codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """ID vectors from codes: with biases, the bias appended, leaving out rating `rows` when given
+        (a prediction target must not be in the bias that predicts it) or the full one per entity."""
+        if self.biases is None:
+            return codes
+        bias = self.biases.bias[side] if rows is None else \
+            self.biases.leave_out(side, self.entity[side][rows], rows)
+        return torch.cat([codes, bias.unsqueeze(1)], dim=1)
+
+
+@dataclass
+class EntityBiases:
+    """Closed-form biases on the [-1, 1] star scale: a few alternating ridge solves of
+    star = mean + b_user + b_item, the same formula serving folds a bias in with (model.fold_bias)."""
+
+    mean: float
+    bias: dict  # side -> [n] tensor
+    total: dict  # side -> [n] sum of the entity's residuals star - mean - other bias
+    count: dict  # side -> [n] ratings
+    residual: dict  # side -> [n_ratings] star - mean - other side's bias, per rating row
+    reg: float
+
+    @classmethod
+    def fit(cls, td: TrainingData, reg: float, sweeps: int = 8) -> EntityBiases:
+        stars = torch.nan_to_num(td.rates[:, 0])
+        mean = float(stars.mean())
+        bias = {side: torch.zeros(td.size[side], device=stars.device) for side in SIDES}
+        count = {side: torch.bincount(td.entity[side], minlength=td.size[side]).to(stars.dtype) for side in SIDES}
+        total, residual = {}, {}
+        for _ in range(sweeps):
+            for side in SIDES:
+                o = other(side)
+                residual[side] = stars - mean - bias[o][td.entity[o]]
+                total[side] = torch.zeros_like(bias[side]).index_add_(0, td.entity[side], residual[side])
+                bias[side] = total[side] / (count[side] + reg)
+        return cls(mean, bias, total, count, residual, reg)
+
+    def leave_out(self, side: str, entity: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The bias of `side` entity[j] computed without its rating rows[j]."""
+        return (self.total[side][entity] - self.residual[side][rows]) / \
+            (self.count[side][entity] - 1 + self.reg).clamp(min=1e-6)
 
 
 class Trainer:
@@ -95,24 +162,36 @@ class Trainer:
                                 schema.rates_dim).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        total = max(1, config.rounds * config.steps_per_round)
+        self.steps_per_round = config.steps_per_round  # set from the data by fit() when 0
+
+    def _set_schedule(self, n_examples: int) -> None:
+        """Steps per round from the data size, and the learning-rate schedule over all of them."""
+        cfg = self.config
+        if cfg.steps_per_round <= 0:
+            self.steps_per_round = max(1, math.ceil(cfg.epochs_per_round * n_examples / cfg.batch_size))
+        total = max(1, cfg.rounds * self.steps_per_round)
         # Cosine decay to 10%: late rounds refine IDs against slowly changing encoders.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total)))
 
     # ---- public ---------------------------------------------------------------------------
     def fit(self, data: RatingData, checkpoint: Path | None = None, resume: bool = False,
-            log=tqdm.write) -> tuple[Recommender, dict]:
-        """Train on `data`; returns the frozen recommender and a report (per-round stats, times)."""
+            log=tqdm.write, on_round: Callable[[RoundStats], None] | None = None) -> tuple[Recommender, dict]:
+        """Train on `data`; returns the frozen recommender and a report (per-round stats, times).
+
+        on_round: called after each round (a tuner reports the validation RMSE and may raise to stop)."""
         cfg = self.config
         train_part, valid_part = self._hold_out_validation(data)
-        td = TrainingData(train_part, self.schema, self.device, self.config.seed)
+        td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
+        if td.biases is not None:
+            self.model.predictor.global_mean.fill_(td.biases.mean)
         state = self._initial_state(td)
+        eligible = self._eligible_rows(td)
+        self._set_schedule(len(eligible))
         if resume and checkpoint is not None and checkpoint.exists():
             state = self._load_checkpoint(checkpoint)
             log(f"resumed from {checkpoint} after round {state.round}")
-        eligible = self._eligible_rows(td)
-        bar = tqdm(total=cfg.rounds * cfg.steps_per_round, initial=state.round * cfg.steps_per_round,
+        bar = tqdm(total=cfg.rounds * self.steps_per_round, initial=state.round * self.steps_per_round,
                    desc="training", unit="step", disable=not self.progress, dynamic_ncols=True)
         while state.round < cfg.rounds:
             started = time.perf_counter()
@@ -123,25 +202,27 @@ class Trainer:
                 convergence[side], spread[side] = self._refine(td, side, records[side], state.tables, self.loo)
             state.round += 1
             stats = RoundStats(state.round, self._to_rmse(pred_mse), recon,
-                               self._valid_rmse(valid_part, state.tables), convergence, spread,
+                               self._valid_rmse(valid_part, td, state.tables), convergence, spread,
                                time.perf_counter() - started)
             state.history.append(stats.__dict__)
             bar.set_postfix(train=f"{stats.train_rmse:.4f}", valid=_fmt(stats.valid_rmse))
             log(_round_line(stats))
+            if on_round is not None:
+                on_round(stats)
             if checkpoint is not None:
                 self._save_checkpoint(checkpoint, state)
         bar.close()
         if cfg.objective == "reconstruct":
             self._train_predictor_on_tables(td, state.tables, log)
         report = {"rounds": state.history}
-        recommender = self._freeze(data, train_part, valid_part, state, report, log)
+        recommender = self._freeze(data, train_part, valid_part, td, state, report, log)
         return recommender, report
 
     # ---- one round of network training --------------------------------------------------------
     def _train_round(self, td: TrainingData, records: dict, eligible: torch.Tensor, bar) -> tuple[float, float]:
         self.model.train()
         pred_sum = recon_sum = 0.0
-        for _ in range(self.config.steps_per_round):
+        for _ in range(self.steps_per_round):
             if self.config.objective == "joint":
                 pred_loss, recon_loss = self._joint_step(td, records, eligible)
             else:
@@ -149,7 +230,7 @@ class Trainer:
             pred_sum += float(pred_loss)
             recon_sum += float(recon_loss)
             bar.update(1)
-        steps = self.config.steps_per_round
+        steps = self.steps_per_round
         return pred_sum / steps, recon_sum / steps
 
     def _joint_step(self, td: TrainingData, records: dict, eligible: torch.Tensor):
@@ -160,8 +241,10 @@ class Trainer:
         for side in SIDES:
             entity = td.entity[side][rows]
             codes, subset, mask = self._encode_subsets(td, side, records[side], entity, rows)
-            recon = recon + self.model.decoder(side).loss(codes, subset, mask)
-            vectors[side] = self.model.to_vector(side, codes.mean(dim=1))
+            # the reconstruction of one subset per example: each decoded record costs about as much as
+            # encoding it, and the train_k subsets of an example reconstruct much the same ratings
+            recon = recon + self.model.decoder(side).loss(codes[:, :1], subset[:, :1], mask[:, :1])
+            vectors[side] = td.vectors(side, self.model.to_vector(side, codes.mean(dim=1)), rows)
         out = self.model.predictor(vectors["user"], td.features["user"][td.entity["user"][rows]],
                                    vectors["item"], td.features["item"][td.entity["item"][rows]],
                                    td.context[rows])
@@ -176,8 +259,9 @@ class Trainer:
 
     def _predict_loo(self, td: TrainingData, rows: torch.Tensor) -> torch.Tensor:
         u, i = td.entity["user"][rows], td.entity["item"][rows]
-        return self.model.predictor(self.loo["user"][rows], td.features["user"][u], self.loo["item"][rows],
-                                    td.features["item"][i], td.context[rows])
+        return self.model.predictor(td.vectors("user", self.loo["user"][rows], rows), td.features["user"][u],
+                                    td.vectors("item", self.loo["item"][rows], rows), td.features["item"][i],
+                                    td.context[rows])
 
     def _reconstruction_step(self, td: TrainingData, records: dict) -> torch.Tensor:
         """The seeds' AE step: reconstruct M records of random entities (no prediction loss)."""
@@ -330,15 +414,14 @@ class Trainer:
 
     # ---- freezing: the served vectors ------------------------------------------------------------
     def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
-                state: TrainState, report: dict, log) -> Recommender:
+                td: TrainingData, state: TrainState, report: dict, log) -> Recommender:
         """Recompute every vector with the frozen encoders as serving does, fit cold start."""
         self.model.eval()
         cpu_model = self.model.cpu()
-        tables = {s: t.cpu() for s, t in state.tables.items()}
-        td = TrainingData(train_part, self.schema, torch.device("cpu"))
+        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
         rec = Recommender(cpu_model, self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
-                          tables["item"].numpy(), td.features["user"].numpy(), td.features["item"].numpy(),
-                          seed=self.config.seed)
+                          tables["item"].numpy(), td.features["user"].cpu().numpy(),
+                          td.features["item"].cpu().numpy(), seed=self.config.seed)
         self._fold_in_all(rec, train_part)
         if valid_part is not None and len(valid_part):
             rmse = rmse_of(rec, valid_part)
@@ -386,7 +469,7 @@ class Trainer:
         return torch.nonzero(ok).flatten()
 
     @torch.no_grad()
-    def _valid_rmse(self, valid: RatingData | None, tables: dict) -> float | None:
+    def _valid_rmse(self, valid: RatingData | None, td: TrainingData, tables: dict) -> float | None:
         if valid is None or not len(valid):
             return None
         self.model.eval()
@@ -395,7 +478,8 @@ class Trainer:
         feats = {s: torch.as_tensor(self.schema.user_matrix(valid) if s == "user" else
                                     self.schema.item_matrix(valid), device=self.device).float() for s in SIDES}
         ctx = torch.as_tensor(self.schema.encode_context(valid.ts), device=self.device).float()
-        out = self.model.predictor(tables["user"][u], feats["user"][u], tables["item"][i], feats["item"][i], ctx)
+        vecs = {side: td.vectors(side, tables[side]) for side in SIDES}
+        out = self.model.predictor(vecs["user"][u], feats["user"][u], vecs["item"][i], feats["item"][i], ctx)
         stars = self.schema.decode_stars(out[:, 0].clamp(-1, 1).cpu().numpy())
         self.model.train()
         return float(np.sqrt(np.mean((stars - valid.rating) ** 2)))
