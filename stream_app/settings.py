@@ -32,6 +32,10 @@ class Settings:
     artifacts_dir: str = _setting("model_artifacts", "folder of versioned model artifacts", "model")
     device: str = _setting("auto", "torch device for training: auto, cpu or cuda", "model")
     seed: int = _setting(0, "random seed (training, fold-in sampling, demo)", "model")
+    torch_threads: int = _setting(
+        0, "torch threads of a training run (0 = auto: the CPUs this process may use; `recsys retrain`, which "
+        "runs beside serving, leaves one of them to the workers). Two torch processes that each take every core "
+        "slow each other down several times over", "model")
     # kafka / stream
     broker_url: str = _setting("kafka://127.0.0.1:9092", "Kafka bootstrap server(s)", "stream")
     app_id: str = _setting("recsys", "Faust application id (consumer group, changelog prefix)", "stream")

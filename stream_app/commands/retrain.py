@@ -61,7 +61,7 @@ def run(args) -> int:
     while True:
         started = time.monotonic()
         try:
-            out, report = train_model(args, settings)
+            out, report = train_model(args, settings, beside_serving=True)
         except (RecsysError, Exception) as exc:  # noqa: BLE001 (a failed run must not end the schedule)
             if args.once:
                 raise

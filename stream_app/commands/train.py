@@ -37,12 +37,13 @@ def default_out(args, settings, split_name: str) -> Path:
     return Path(settings.artifacts_dir) / f"{args.data}-{split_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_model(args, settings, out: Path | None = None, resume: bool = False, overwrite: bool = False
-                ) -> tuple[Path, dict]:
+def train_model(args, settings, out: Path | None = None, resume: bool = False, overwrite: bool = False,
+                beside_serving: bool = False) -> tuple[Path, dict]:
     """Train on the data named by args, write the artifact (default name under ARTIFACTS_DIR), promote it
-    (atomic rewrite of ARTIFACTS_DIR/current) when args.promote and it lies in ARTIFACTS_DIR."""
+    (atomic rewrite of ARTIFACTS_DIR/current) when args.promote and it lies in ARTIFACTS_DIR.
+    beside_serving: leave a core to the workers when choosing torch threads (settings.torch_threads = 0)."""
     from stream_app.core.artifacts import save_artifact, set_current
-    from stream_app.core.training import Trainer, predict_dataset
+    from stream_app.core.training import Trainer, predict_dataset, set_training_threads
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
     from stream_app.plots import plot_training
@@ -55,11 +56,13 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
           f"{split.train.n_users} users, {split.train.n_items} items; test {len(split.test)}")
     print(f"config: {json.dumps(config.to_dict())}")
     schema = FeatureSchema.fit(split.train)
+    threads = set_training_threads(settings.torch_threads, leave=1 if beside_serving else 0)
     started = time.perf_counter()
     trainer = Trainer(config, schema, device=settings.device, progress=not args.quiet)
     rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume)
     report["train_seconds"] = time.perf_counter() - started
     report["device"] = str(trainer.device)
+    report["torch_threads"] = threads
     if len(split.test):
         report["test"] = rating_metrics(predict_dataset(rec, split.test), split.test.rating)
         print(f"test rmse {report['test']['rmse']:.4f}  mae {report['test']['mae']:.4f}  n {report['test']['n']}")
