@@ -273,6 +273,8 @@ class Runtime:
         app.agent(self.user_inputs, name="user-processor")(self.user_agent)
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
+        for table in (self.users, self.items):  # and after each recovery: a rebalance changes what is ours
+            table.on_recover(self.update_table_sizes)
         app.task(self.sync_catalogue)
         if s.model_poll_interval > 0:
             app.timer(s.model_poll_interval, name="model-poll")(self.check_model)
