@@ -74,12 +74,12 @@ USER ${APP_UID}:${APP_UID}
 # stores: the worker's RocksDB tables (a local cache of its changelog topics; one per replica).
 VOLUME ["/app/model_artifacts", "/app/stores"]
 
-# The worker's web server: /metrics (Prometheus).
+# The worker's web server: /metrics (Prometheus), /healthz (liveness), /ready (readiness); nothing else.
 EXPOSE 6066
 
 # Meaningful for `recsys worker`; one-shot roles (train, topic creation) disable it in compose.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('RECSYS_WEB_PORT', '6066'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RECSYS_WEB_PORT', '6066'), timeout=4)"]
 
 ENTRYPOINT ["recsys"]
 CMD ["--help"]

@@ -177,7 +177,8 @@ def noop_worker() -> None:
     from stream_app.settings import Settings
 
     settings = Settings.from_env()
-    app = FastFetchApp(settings.app_id, fetch_max_wait=settings.fetch_max_wait, **faust_config(settings))
+    config = dict(faust_config(settings), web_enabled=True, web_port=settings.web_port)  # Faust's web for /count
+    app = FastFetchApp(settings.app_id, fetch_max_wait=settings.fetch_max_wait, **config)
     topic = app.topic(settings.topic_ratings, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     count = {"events": 0}

@@ -56,9 +56,12 @@ from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
+from stream_app.stream.health import Readiness
+from stream_app.stream.lag import LagMonitor, sample_offsets
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
 from stream_app.stream.offsets import StallWatch
 from stream_app.stream.service import FoldInService, Query, dense, sparse
+from stream_app.stream.web import FAUST_WEB_OPTIONS, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         datadir=settings.store_dir,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        web_port=settings.web_port,
-        web_enabled=True,
+        **FAUST_WEB_OPTIONS,  # Faust's own web server off: stream/web.py serves the worker's endpoints
         consumer_auto_offset_reset="earliest",  # a new deployment reads its inputs from the start
         key_serializer="raw",
         value_serializer="json",
@@ -271,6 +273,8 @@ class Runtime:
         app.agent(self.user_inputs, name="user-processor")(self.user_agent)
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
+        for table in (self.users, self.items):  # and after each recovery: a rebalance changes what is ours
+            table.on_recover(self.update_table_sizes)
         app.task(self.sync_catalogue)
         if s.model_poll_interval > 0:
             app.timer(s.model_poll_interval, name="model-poll")(self.check_model)
@@ -280,10 +284,13 @@ class Runtime:
         app.on_partitions_assigned.connect(self.on_assigned)
         app.on_partitions_revoked.connect(self.on_revoked)
 
-        async def metrics_page(web, request):
-            return web.bytes(self.metrics.render(), content_type=CONTENT_TYPE)
-
-        app.page("/metrics", name="metrics")(metrics_page)
+        # web port, consumer lag, readiness (stream/web.py, stream/lag.py, stream/health.py)
+        self.lag = LagMonitor(metrics)
+        self.readiness = Readiness(self.lag, s.ready_stall_timeout, metrics)
+        app.service(WebServer(s.web_bind, s.web_port, metrics.render, CONTENT_TYPE, self.readiness.refresh))
+        if s.lag_interval > 0:
+            app.timer(s.lag_interval, name="consumer-lag")(self.sample_lag)
+        metrics.initialize(self.user_inputs.topics + self.item_inputs.topics)
         metrics.set_model(self.model_version)
         metrics.catalogue_items.set(len(service.catalogue))
 
@@ -371,13 +378,23 @@ class Runtime:
             self.metrics.replays.labels(topic=tp.topic).inc()
 
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
-        self.app.consumer.guarded_topics.update(self.user_inputs.topics + self.item_inputs.topics)
+        inputs = self.user_inputs.topics + self.item_inputs.topics
+        self.app.consumer.guarded_topics.update(inputs)
         for name in (self.settings.topic_ratings, self.settings.topic_items):
             self.metrics.assigned_partitions.labels(topic=name).set(sum(1 for tp in assigned if tp.topic == name))
+        self.readiness.on_assigned(sum(1 for tp in assigned if tp.topic in inputs))
 
     async def on_revoked(self, sender, revoked, **kwargs) -> None:
         for name in (self.settings.topic_ratings, self.settings.topic_items):
             self.metrics.assigned_partitions.labels(topic=name).set(0)
+        self.readiness.on_revoked()
+
+    async def sample_lag(self) -> None:
+        """Consumer lag and commit stalls of the input partitions owned now (stream/lag.py), for /ready too."""
+        offsets = await sample_offsets(self.app.consumer, self.user_inputs.topics + self.item_inputs.topics)
+        if offsets is not None:
+            self.lag.update(offsets, time.monotonic())
+        self.readiness.refresh()
 
     def home_partition(self, topic: str, entity_id: str) -> int | None:
         n = self.app.consumer.topic_partitions(topic) or self.settings.partitions

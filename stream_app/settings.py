@@ -63,7 +63,10 @@ class Settings:
         "events, so there a larger value (e.g. 0.5) only saves idle requests", "stream")
     max_event_bytes: int = _setting(65536, "larger payloads go to dead-letters", "stream")
     store_dir: str = _setting("stores", "RocksDB table store folder", "stream")
-    web_port: int = _setting(6066, "worker web port (serves /metrics)", "stream")
+    web_port: int = _setting(6066, "worker web port: serves /metrics, /healthz and /ready, nothing else", "stream")
+    web_bind: str = _setting(
+        "0.0.0.0", "address the worker's web server listens on (0.0.0.0: every interface, as Prometheus and "
+        "Kubernetes probes need in a pod; 127.0.0.1: this host only)", "stream")
     session_timeout: float = _setting(
         6.0, "worker consumer-group session timeout (s): a dead worker's partitions move after this long; "
         "tansu also holds every group join for about half of it", "stream")
@@ -82,6 +85,13 @@ class Settings:
         15.0, "seconds an input partition's committed offset may stay put while the partition has events past "
         "it before the worker reads the partition again from that offset (Faust can drop a fetched event around "
         "a rebalance; re-read events are dropped by event_id; 0 = never)", "stream")
+    lag_interval: float = _setting(
+        5.0, "seconds between two samples of the consumer lag of the input partitions a worker owns (end offset "
+        "minus committed offset, `recsys_consumer_lag`) and of their commit stalls (for /ready); 0 = never",
+        "stream")
+    ready_stall_timeout: float = _setting(
+        120.0, "/ready answers 503 once an input partition's committed offset has stayed put this many seconds "
+        "while events wait past it (sampled every LAG_INTERVAL; 0 = stalls never make a worker unready)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

@@ -275,7 +275,7 @@ def test_dockerfile():
     assert 'ENTRYPOINT ["recsys"]' in text
     assert re.search(rf"^EXPOSE {DEFAULTS.web_port}$", text, flags=re.M)
     assert re.search(r'^VOLUME \["/app/model_artifacts", "/app/stores"\]$', text, flags=re.M)
-    assert re.search(r"^HEALTHCHECK .*\n.*/metrics", text, flags=re.M)
+    assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, flags=re.M)
 
 
 def test_dockerignore_keeps_what_the_image_copies():
@@ -300,6 +300,9 @@ def test_prometheus_scrapes_every_worker_replica():
     prometheus = services()["prometheus"]
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    # the alert rules are loaded, from where compose mounts them (next to the config file)
+    assert config["rule_files"] == ["alerts.yml"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prometheus["volumes"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     job = jobs["recsys-worker"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
@@ -392,7 +395,7 @@ def test_dashboard_queries_only_metrics_the_app_defines():
             legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
             assert grouped | matched | legend <= available, \
                 f"{panel['title']!r}: {(grouped | matched | legend) - available} are not labels of {sorted(metrics)}"
-    used = {name for q in queries for name in re.findall(r"\b(recsys_\w+|up)\b", q)}
+    used = {name for q in queries for name in re.findall(r"\b(recsys_\w+|process_\w+|up)\b", q)}
     assert "up" in used, "the dashboard shows nothing of up"
     from stream_app.stream.metrics import StreamMetrics
 
@@ -400,6 +403,33 @@ def test_dashboard_queries_only_metrics_the_app_defines():
         assert any(re.fullmatch(rf"{family.name}(_total|_bucket|_sum|_count)?", name) for name in used), \
             f"the dashboard shows nothing of {family.name} (stream_app/stream/metrics.py)"
     assert any('job="recsys-worker"' in q for q in queries), "worker up count must use the scrape job's name"
+
+
+def test_dashboard_plots_counters_as_rates_and_shows_lag_and_the_process():
+    counters = {f"{family.name}_total" for family in _registry_families() if family.type == "counter"}
+    for query in dashboard_queries():
+        for name in counters & set(re.findall(r"\b(\w+_total)\b", query)):
+            # a raw counter only ever climbs (and restarts at 0 with its worker): plot its rate or increase
+            assert re.search(rf"\b(rate|increase)\({name}\b", query), f"{query!r} plots the raw counter {name}"
+    titles = {p["title"]: p for p in all_panels()}
+    inputs = [t["expr"] for t in titles["Input events/s"]["targets"]]
+    assert inputs and all('topic!~".+-item-updates"' in q and 'outcome!="rekeyed"' in q for q in inputs), \
+        "input events/s must not count the internal item-updates topic (each rating would count twice)"
+    from stream_app.app import internal_topic
+
+    assert re.fullmatch(".+-item-updates", internal_topic(DEFAULTS))  # what the regex above excludes
+    assert any("recsys_consumer_lag" in t["expr"] and "by (topic)" in t["expr"]
+               for p in all_panels() for t in p.get("targets", [])), "no consumer lag panel"
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        queries = [q for q in dashboard_queries() if name in q]
+        assert queries and all('job="recsys-worker"' in q for q in queries), \
+            f"{name}: a panel of the workers' processes only (Prometheus has process_* series of its own)"
+
+
+def _registry_families():
+    from stream_app.stream.metrics import StreamMetrics
+
+    return list(StreamMetrics().registry.collect())
 
 
 def test_dashboard_is_well_formed():
@@ -429,7 +459,7 @@ def k8s_object(kind: str) -> dict:
 
 
 API_VERSIONS = {"Namespace": "v1", "ConfigMap": "v1", "Service": "v1", "PersistentVolumeClaim": "v1",
-                "StatefulSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1",
+                "StatefulSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1", "PodDisruptionBudget": "policy/v1",
                 "Kustomization": "kustomize.config.k8s.io/v1beta1"}
 
 
@@ -494,6 +524,103 @@ def test_k8s_config_models_and_retraining():
     images = {i["name"] for i in k8s_object("Kustomization")["images"]}
     for container in [*pod["containers"], worker_container(k8s_object("StatefulSet"))]:
         assert container["image"].split(":")[0] in images
+
+
+def test_k8s_worker_probes_use_health_endpoints():
+    container = worker_container(k8s_object("StatefulSet"))
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {kind: probe["path"] for kind, probe in probes.items()} == \
+        {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/ready"}
+    assert {probe["port"] for probe in probes.values()} == {"metrics"}
+    from stream_app.stream.web import PATHS
+
+    assert {"/healthz", "/ready", "/metrics"} == set(PATHS)
+
+
+def test_k8s_pod_disruption_budget_covers_the_workers():
+    pdb, sts = k8s_object("PodDisruptionBudget"), k8s_object("StatefulSet")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+
+
+def pod_specs() -> dict[str, dict]:
+    out = {}
+    for docs in k8s_docs().values():
+        for doc in docs:
+            spec = doc.get("spec", {})
+            if doc["kind"] == "CronJob":
+                spec = spec["jobTemplate"]["spec"]
+            if "template" in spec:
+                out[doc["metadata"]["name"]] = spec["template"]["spec"]
+    return out
+
+
+def test_k8s_containers_are_locked_down():
+    pods = pod_specs()
+    assert set(pods) == {"recsys-worker", "recsys-topics", "recsys-retrain"}
+    for name, pod in pods.items():
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0, name
+        mounts_of_pod = {v["name"] for v in pod.get("volumes", [])}
+        if name == "recsys-worker":
+            mounts_of_pod |= {t["metadata"]["name"] for t in k8s_object("StatefulSet")["spec"]["volumeClaimTemplates"]}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            context = container.get("securityContext", {})
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("capabilities", {}).get("add") and not context.get("privileged"), where
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in mounts_of_pod, f"{where}: no volume {mount['name']}"
+    # a read-only root filesystem: everything the worker and the trainer write is a volume
+    config = k8s_object("ConfigMap")["data"]
+    worker = {m["mountPath"]: m for m in worker_container(k8s_object("StatefulSet"))["volumeMounts"]}
+    assert {config["RECSYS_STORE_DIR"], "/tmp"} <= set(worker) and not worker["/tmp"].get("readOnly")
+    assert not worker[config["RECSYS_STORE_DIR"]].get("readOnly")
+    train = pods["recsys-retrain"]["containers"][0]
+    written = {m["mountPath"] for m in train["volumeMounts"] if not m.get("readOnly")}
+    assert {config["RECSYS_ARTIFACTS_DIR"], config["RECSYS_DATA_CACHE"], "/tmp"} <= written
+    topics = pods["recsys-topics"]["containers"][0]
+    assert {"name": "LOG_DIR", "value": "/tmp/kafka-logs"} in topics["env"]
+    assert "/tmp" in {m["mountPath"] for m in topics["volumeMounts"]}
+    # the image's Python writes nothing else on its root filesystem
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile and "MPLCONFIGDIR=/tmp/matplotlib" in dockerfile
+
+
+# ----------------------------------------------------------------------------- alert rules
+
+
+@cache
+def alert_rules() -> dict[str, dict]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def test_alert_rules_cover_the_failure_modes_and_use_defined_metrics():
+    rules = alert_rules()
+    assert rules["RecsysWorkerDown"]["expr"].strip() == 'up{job="recsys-worker"} == 0'
+    assert "recsys_consumer_lag" in rules["RecsysConsumerLagHigh"]["expr"]
+    assert "deriv(recsys_consumer_lag" in rules["RecsysConsumerLagGrowing"]["expr"]
+    assert "recsys_dead_letters_total" in rules["RecsysDeadLetterRate"]["expr"]
+    assert 'outcome="refused"' in rules["RecsysModelRefused"]["expr"]
+    assert "recsys_ready" in rules["RecsysWorkerNotReady"]["expr"]
+    defined = defined_series() | {"up"}
+    for name, rule in rules.items():
+        used = set(re.findall(r"\b(recsys_\w+|process_\w+)\b", rule["expr"]))
+        assert used <= defined, f"{name} uses {used - defined}"
+        assert rule["labels"]["severity"] in ("critical", "warning") and rule["annotations"]["summary"], name
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for name in rules:
+        assert f"`{name}`" in operations, f"docs/operations.md does not say what to do about {name}"
+
+
+def test_operations_doc_lists_every_metric():
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for family in _registry_families():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in operations, f"docs/operations.md does not describe {name}"
 
 
 # ----------------------------------------------------------------------------- the real Compose CLI

@@ -17,11 +17,23 @@
     recsys_model_load_seconds                  loading and checking a new model, in a thread (histogram)
     recsys_model_swap_pause_seconds            batches held back while a model is swapped in (histogram)
     recsys_refolds_total{side}                 stale entities (vector of an older model) re-folded on touch
+    recsys_partition_replays_total{topic}      input partitions read again after their commits stalled
+    recsys_consumer_lag{topic, partition}      events of an input partition this worker owns past its committed
+                                               offset (end offset minus committed offset; sampled every
+                                               RECSYS_LAG_INTERVAL s by stream/lag.py; the internal item-updates
+                                               topic included)
+    recsys_commit_stalled_seconds{topic, partition}  how long that partition's committed offset has stayed put
+                                               while events wait past it (0: moving or nothing waiting)
+    recsys_ready                               1 when /ready answers 200 (stream/health.py), else 0
+    process_*                                  the worker process: process_resident_memory_bytes,
+                                               process_virtual_memory_bytes, process_cpu_seconds_total,
+                                               process_open_fds, process_max_fds, process_start_time_seconds
+                                               (prometheus_client's ProcessCollector; Linux)
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -68,6 +80,25 @@ class StreamMetrics:
                                "offset after their commits stalled (stream/offsets.py)", ["topic"], registry=r)
         self.refolds = Counter("recsys_refolds", "Stale entities re-folded with the model in service", ["side"],
                                registry=r)
+        self.consumer_lag = Gauge("recsys_consumer_lag", "Events of an owned input partition past its committed "
+                                  "offset (end offset minus committed offset)", ["topic", "partition"], registry=r)
+        self.commit_stalled = Gauge("recsys_commit_stalled_seconds", "How long an owned input partition's committed "
+                                    "offset has stayed put while events wait past it", ["topic", "partition"],
+                                    registry=r)
+        self.ready = Gauge("recsys_ready", "1 when the worker is ready (/ready answers 200)", registry=r)
+        ProcessCollector(registry=r)  # process_* series of this process (memory, CPU, open files)
+
+    def initialize(self, input_topics) -> None:
+        """Series of every known label value at 0 from the start, so that rates, increases and alerts see a
+        counter's first increment (a series born at 1 has no increase) and dashboards have data before it."""
+        from stream_app.stream.lifecycle import REFUSED, SWAPPED
+
+        for outcome in (SWAPPED, REFUSED):
+            self.model_swaps.labels(outcome=outcome)
+        for side in ("user", "item"):
+            self.refolds.labels(side=side)
+        for topic in input_topics:
+            self.replays.labels(topic=topic)
 
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()

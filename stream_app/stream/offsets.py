@@ -14,25 +14,45 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 
+class CommitClock:
+    """Since when each partition has had events waiting past the same committed offset.
+
+    Shared by the replay below and by readiness and the stall gauge (stream/lag.py)."""
+
+    def __init__(self):
+        self._since: dict[Hashable, tuple[int | None, float]] = {}
+
+    def update(self, pending: Mapping[Hashable, int | None], now: float) -> dict[Hashable, float]:
+        """pending: partition -> its committed offset (None: never committed), for the partitions that have
+        events past their commit. Returns partition -> the time its commit stopped moving with events waiting
+        (a partition not pending, or with a new commit, starts a new clock)."""
+        since = {}
+        for tp, committed in pending.items():
+            first = self._since.get(tp)
+            since[tp] = first if first is not None and first[0] == committed else (committed, now)
+        self._since = since
+        return {tp: started for tp, (_, started) in since.items()}
+
+
 class StallWatch:
     """Which partitions have had events past the same commit for too long."""
 
     def __init__(self, timeout: float):
         self.timeout = float(timeout)
-        self._since: dict[Hashable, tuple[int | None, float]] = {}
+        self.clock = CommitClock()
+        self._reported: dict[Hashable, float] = {}  # when a partition was last reported during its stall
 
     def stalled(self, pending: Mapping[Hashable, int | None], now: float) -> list[tuple[Hashable, int | None]]:
-        """pending: partition -> its committed offset (None: never committed), for the partitions that have
-        events past their commit. Returns (partition, committed offset) to replay; a partition is reported
-        once per stall (again only after another `timeout` at the same commit)."""
-        since = {tp: entry for tp, entry in self._since.items() if tp in pending}
-        out = []
-        for tp, committed in pending.items():
-            first = since.get(tp)
-            if first is None or first[0] != committed:
-                since[tp] = (committed, now)
-            elif now - first[1] >= self.timeout:
-                out.append((tp, committed))
-                since[tp] = (committed, now)
-        self._since = since
+        """pending: as CommitClock.update. Returns (partition, committed offset) to replay; a partition is
+        reported once per stall (again only after another `timeout` at the same commit)."""
+        since = self.clock.update(pending, now)
+        reported, out = {}, []
+        for tp, started in since.items():
+            last = max(started, self._reported.get(tp, started))
+            if now - last >= self.timeout:
+                out.append((tp, pending[tp]))
+                last = now
+            if last > started:
+                reported[tp] = last
+        self._reported = reported
         return out
