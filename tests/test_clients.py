@@ -143,7 +143,7 @@ def test_tail_prints_key_tab_json(kafka_broker, capsys):
     assert main(["tail", topic, "--from-beginning", "--limit", "2", *flags]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
-    assert main(["tail", _unique("missing"), "--from-beginning", *flags]) == 1
+    assert main(["tail", _unique("missing"), "--from-beginning", *flags]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -185,7 +185,7 @@ def test_reader_picks_up_a_topic_created_later(kafka_broker):
 def test_recommend_times_out_clearly_without_a_worker(kafka_broker, topics, capsys):
     _, flags = topics
     started = time.perf_counter()
-    assert main(["recommend", "--user", "1", "--timeout", "1", *flags]) == 1
+    assert main(["recommend", "--user", "1", "--timeout", "1", *flags]) == 2
     assert time.perf_counter() - started < 10
     err = capsys.readouterr().err
     assert "no reply in 1 s: is a worker running? `recsys worker`" in err
