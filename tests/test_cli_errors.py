@@ -61,3 +61,10 @@ def test_missing_dataset_names_download_and_mirror(home):
 def test_debug_shows_the_traceback(home):
     done = recsys("--debug", "data", "info", "ml-1m", env=home)
     assert done.returncode != 0 and "Traceback" in done.stderr and "DataNotFoundError" in done.stderr
+
+
+def test_evaluate_without_a_model_says_train_one(home, tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "README.md").write_text("a fresh clone's model_artifacts\n")
+    line = error_line(recsys("evaluate", "--data", "synthetic", "--baselines", "", env=home))
+    assert "no model yet in" in line and line.endswith("run `recsys train`")

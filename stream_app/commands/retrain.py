@@ -52,11 +52,28 @@ def register(sub):
     when.add_argument("--every", type=_duration, metavar="PERIOD",
                       help="train one model now and then every PERIOD (24h, 90m, 1h30m, seconds)")
     when.add_argument("--once", action="store_true", help="train one model and exit (for cron jobs)")
+    p.add_argument("--keep", type=_positive_int, default=None, metavar="N",
+                   help="after each run, delete all but the N newest artifacts in ARTIFACTS_DIR (the current one "
+                        "is always kept and counts among the N; default: keep all)")
     add_training_flags(p)
     p.set_defaults(func=run)
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
 def run(args) -> int:
+    from stream_app.core.artifacts import prune_artifacts
+
     settings = settings_from_args(args)
     while True:
         started = time.monotonic()
@@ -71,6 +88,9 @@ def run(args) -> int:
             state = "promoted: ARTIFACTS_DIR/current names it" if report["promoted"] else "not promoted"
             print(f"retrain: {out} ({report['model_version']}) trained in {report['train_seconds']:.0f} s; "
                   f"{state}", flush=True)
+            if args.keep:
+                for folder in prune_artifacts(settings.artifacts_dir, args.keep):
+                    print(f"retrain: removed old artifact {folder}", flush=True)
         if args.once:
             return 0
         wait = max(0.0, args.every - (time.monotonic() - started))
