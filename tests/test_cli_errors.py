@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,3 +69,46 @@ def test_evaluate_without_a_model_says_train_one(home, tmp_path):
     (tmp_path / "artifacts" / "README.md").write_text("a fresh clone's model_artifacts\n")
     line = error_line(recsys("evaluate", "--data", "synthetic", "--baselines", "", env=home))
     assert "no model yet in" in line and line.endswith("run `recsys train`")
+
+
+def fake_model(artifacts, data_name: str, name: str = "m1"):
+    """A folder with only a manifest that names the training data, made current (enough for the check)."""
+    from stream_app.core.artifacts import FORMAT, FORMAT_VERSION
+
+    folder = artifacts / name
+    folder.mkdir(parents=True)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_version": f"{name}@abc",
+                "config": {}, "dims": {}, "schema": {}, "ids": {}, "files": {}, "data": {"name": data_name}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (artifacts / "current").write_text(name + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["evaluate", "--artifact", "{model}"],
+                                     ["evaluate", "--artifact", "{current}"], ["replay"]])
+def test_data_other_than_the_models_is_refused(command, home, tmp_path):
+    model = fake_model(tmp_path / "artifacts", "synthetic:random")
+    command = [c.format(model=model, current=model.parent / "current") for c in command]
+    line = error_line(recsys(*command, "--data", "ml-100k", env=home))
+    assert line == ("recsys: error: model m1@abc was trained on synthetic, not ml-100k: pass --data synthetic, "
+                    "or --allow-other-data to use it with ml-100k anyway")
+    allowed = error_line(recsys(*command, "--data", "ml-100k", "--allow-other-data", env=home))
+    assert "was trained on" not in allowed and "recsys data download ml-100k" in allowed  # checked no more
+
+
+def test_titles_from_is_checked_against_the_model_that_answered(tmp_path):
+    from stream_app.commands.datacheck import check_same_data, model_manifest
+    from stream_app.errors import DataMismatchError
+
+    fake_model(tmp_path, "ml-100k:u1", name="old")
+    fake_model(tmp_path, "synthetic:random", name="new")  # current
+    assert model_manifest(tmp_path)["model_version"] == "new@abc"
+    answered = model_manifest(tmp_path, "old@abc")
+    assert answered["model_version"] == "old@abc"
+    check_same_data(answered, "ml-100k", allow=False, flag="--titles-from")
+    refusal = "trained on synthetic, not ml-100k: pass --titles-from synthetic, or --allow-other-data"
+    with pytest.raises(DataMismatchError, match=refusal):
+        check_same_data(model_manifest(tmp_path, "new@abc"), "ml-100k", allow=False, flag="--titles-from")
+    check_same_data(model_manifest(tmp_path, "new@abc"), "ml-100k", allow=True)
+    assert model_manifest(tmp_path, "elsewhere@abc") is None  # a model we do not have: not checked
+    assert model_manifest(tmp_path / "empty") is None

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
+from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data
 from stream_app.settings import add_setting_flags, settings_from_args
 
 PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
@@ -24,6 +25,7 @@ def register(sub):
     p.add_argument("--baselines", default="bias-only,als-mf,i-autorec",
                    help="comma list of bias-only, als-mf, i-autorec (empty: none)")
     add_data_flags(p)
+    add_allow_other_data_flag(p)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="fold-in: RMSE vs k; prequential: running RMSE")
     p.add_argument("--ks", default="1,3,5,10,20", help="fold-in protocols: revealed ratings per entity")
@@ -47,18 +49,21 @@ def run(args) -> int:
     from stream_app import protocols
 
     settings = settings_from_args(args)
+    artifact = _artifact_path(args, settings)
+    if artifact is not None:  # refuse a model of another dataset before loading any data
+        check_same_data(_manifest(artifact), args.data, args.allow_other_data)
     split = load_split_for(args, settings)
     log = (lambda *a: None) if args.quiet else tqdm.write
     names = [n for n in args.baselines.split(",") if n]
     autorec = {"epochs": args.autorec_epochs} if args.autorec_epochs else None
     baselines = protocols.baseline_factories(names, settings.seed, autorec=autorec)
     if args.protocol.startswith("foldin"):
-        rec = None if args.no_model or not args.artifact else _load(args.artifact)
+        rec = None if artifact is None else _load(artifact)
         train_ours = None if args.no_model else _trainer(args, settings)
         result = protocols.foldin(split, args.protocol.split("-")[1].rstrip("s"), _ints(args.ks), train_ours, rec,
                                   baselines, _ints(args.retrain_ks), args.retrain_ours, settings.seed, log)
     else:
-        rec = None if args.no_model else _load(args.artifact or settings.artifacts_dir)
+        rec = None if artifact is None else _load(artifact)
         if args.protocol == "warm":
             result = protocols.warm(split, rec, baselines, log=log)
             if rec is not None:  # top-level keys of our model, as before the side-by-side table
@@ -78,6 +83,22 @@ def run(args) -> int:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _artifact_path(args, settings):
+    """Our model's artifact: --artifact, else ARTIFACTS_DIR (its current) except for fold-in protocols, which
+    train their own; None with --no-model."""
+    if args.no_model:
+        return None
+    if args.protocol.startswith("foldin"):
+        return args.artifact
+    return args.artifact or settings.artifacts_dir
+
+
+def _manifest(path) -> dict:
+    from stream_app.core.artifacts import read_manifest, resolve_artifact
+
+    return read_manifest(resolve_artifact(path))
 
 
 def _load(path):

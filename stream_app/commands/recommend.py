@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data, model_manifest
 from stream_app.errors import RecsysError
 from stream_app.settings import add_setting_flags, settings_from_args
 
@@ -25,6 +26,7 @@ def register(sub):
     p.add_argument("--titles-from", default=None, metavar="DATA",
                    help="show item titles from this dataset's side data (ml-100k, ml-1m, ..., synthetic with "
                         "its default size)")
+    add_allow_other_data_flag(p)
     p.add_argument("--json", action="store_true", help="print the reply as JSON instead of a table")
     add_setting_flags(p, "data", "model", "stream")
     p.set_defaults(func=run)
@@ -120,8 +122,13 @@ def titles_from(name: str, settings) -> dict[str, str]:
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    titles = titles_from(args.titles_from, settings) if args.titles_from else None
     reply = request_recommendations(settings, args.user, args.n, args.timeout)
+    titles = None
+    if args.titles_from:
+        manifest = model_manifest(settings.artifacts_dir, reply.model_version)  # the model that answered
+        if manifest is not None:
+            check_same_data(manifest, args.titles_from, args.allow_other_data, flag="--titles-from")
+        titles = titles_from(args.titles_from, settings)
     if args.json:
         print(json.dumps(reply.value, indent=2))
         return 0
