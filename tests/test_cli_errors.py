@@ -112,3 +112,19 @@ def test_titles_from_is_checked_against_the_model_that_answered(tmp_path):
     check_same_data(model_manifest(tmp_path, "new@abc"), "ml-100k", allow=True)
     assert model_manifest(tmp_path, "elsewhere@abc") is None  # a model we do not have: not checked
     assert model_manifest(tmp_path / "empty") is None
+
+
+@pytest.mark.parametrize("flags, fix", [
+    (["--rounds", "0"], "--rounds must be at least 1, not 0"),
+    (["--steps-per-round", "0"], "--steps-per-round must be at least 1, not 0"),
+    (["--m-records", "99"], "invalid hyperparameter: m_records must be in 1..64"),
+    (["--config", "/nonexistent/config.json"], "--config /nonexistent/config.json: No such file"),
+    (["--synthetic-users", "1"], "too little data to train on"),
+])
+def test_training_refuses_what_cannot_train(flags, fix, home, tmp_path):
+    line = error_line(recsys("train", "--data", "synthetic", "--out", str(tmp_path / "m"), "--quiet", *flags,
+                             env=home))
+    assert fix in line
+    assert not (tmp_path / "m").exists()  # no untrained artifact
+    if "too little" in fix:
+        assert "use --synthetic-users and --synthetic-items (e.g. 50 each)" in line

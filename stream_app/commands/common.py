@@ -5,13 +5,31 @@ from __future__ import annotations
 from dataclasses import fields
 
 from stream_app.core.config import ENCODERS, OBJECTIVES, ModelConfig
+from stream_app.errors import UsageError
+
+# Hyperparameters that must be >= 1 (0 rounds would write an untrained model).
+AT_LEAST_ONE = ("n_dim", "m_records", "k_samples", "hidden", "predictor_hidden", "rounds", "steps_per_round",
+                "batch_size", "train_k")
 
 
 def add_data_flags(p) -> None:
     p.add_argument("--data", default="ml-100k", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, synthetic")
     p.add_argument("--split", default=None, help="ml-100k: u1..u5, ua, ub (default u1); others: random, none")
-    p.add_argument("--synthetic-users", type=int, default=600, help="synthetic data: number of users")
-    p.add_argument("--synthetic-items", type=int, default=400, help="synthetic data: number of items")
+    p.add_argument("--synthetic-users", type=positive_int, default=600, help="synthetic data: number of users")
+    p.add_argument("--synthetic-items", type=positive_int, default=400, help="synthetic data: number of items")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
 
 
 def load_split_for(args, settings):
@@ -41,15 +59,27 @@ def add_config_flags(parser) -> None:
 
 
 def config_from_args(args) -> ModelConfig:
+    """The model config of --config (if given) with the hyperparameter flags on top; UsageError if invalid."""
     config_file = getattr(args, "config", None)
-    base = ModelConfig.from_file(config_file).to_dict() if config_file else ModelConfig().to_dict()
+    try:
+        base = ModelConfig.from_file(config_file).to_dict() if config_file else ModelConfig().to_dict()
+    except OSError as exc:
+        raise UsageError(f"--config {config_file}: {exc.strerror or exc}; pass an existing JSON file") from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--config {config_file} is not a valid model config ({exc}); fix the file") from None
     for name in base:
         value = getattr(args, f"cfg_{name}", None)
         if value is not None:
             base[name] = value
     if getattr(args, "seed", None) is not None:
         base["seed"] = args.seed
-    return ModelConfig.from_dict(base)
+    for name in AT_LEAST_ONE:
+        if base[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {base[name]}")
+    try:
+        return ModelConfig.from_dict(base)
+    except ValueError as exc:  # a range check of ModelConfig: name the flag
+        raise UsageError(f"invalid hyperparameter: {exc} (see `recsys train --help`)") from None
 
 
 def _parse_bool(text: str) -> bool:

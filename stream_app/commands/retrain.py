@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 
+from stream_app.commands.common import positive_int
 from stream_app.commands.train import add_training_flags, train_model
 from stream_app.errors import RecsysError
 from stream_app.settings import settings_from_args
@@ -52,23 +53,12 @@ def register(sub):
     when.add_argument("--every", type=_duration, metavar="PERIOD",
                       help="train one model now and then every PERIOD (24h, 90m, 1h30m, seconds)")
     when.add_argument("--once", action="store_true", help="train one model and exit (for cron jobs)")
-    p.add_argument("--keep", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--keep", type=positive_int, default=None, metavar="N",
                    help="after each run, delete all but the N newest artifacts in ARTIFACTS_DIR (the current one "
                         "is always kept and counts among the N; default: keep all)")
     add_training_flags(p)
     p.set_defaults(func=run)
 
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
-    return value
 
 
 def run(args) -> int:

@@ -49,6 +49,7 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
 
     config = config_from_args(args)
     split = load_split_for(args, settings)
+    check_trainable(split.train, args.data)
     out = Path(out) if out else default_out(args, settings, split.name)
     checkpoint = out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
     print(f"training on {args.data} ({split.name}): {len(split.train)} ratings, "
@@ -72,6 +73,22 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
         set_current(out.parent, out.name)
     report["model_version"] = rec.model_version
     return out, report
+
+
+def check_trainable(data, data_name: str) -> None:
+    """UsageError unless some rating's user and item both have another rating to encode them from (the rule
+    of Trainer._eligible_rows): with none there is nothing to train on."""
+    import numpy as np
+
+    from stream_app.errors import UsageError
+
+    users = np.bincount(data.user, minlength=data.n_users)[data.user] >= 2
+    items = np.bincount(data.item, minlength=data.n_items)[data.item] >= 2
+    if not (users & items).any():
+        more = ("--synthetic-users and --synthetic-items (e.g. 50 each)" if data_name == "synthetic"
+                else "a bigger dataset")
+        raise UsageError(f"too little data to train on ({len(data)} ratings, {data.n_users} users, {data.n_items} "
+                         f"items: no rating whose user and item both have another rating); use {more}")
 
 
 def run(args) -> int:
