@@ -128,3 +128,25 @@ def test_training_refuses_what_cannot_train(flags, fix, home, tmp_path):
     assert not (tmp_path / "m").exists()  # no untrained artifact
     if "too little" in fix:
         assert "use --synthetic-users and --synthetic-items (e.g. 50 each)" in line
+
+
+def test_second_worker_on_a_taken_web_port(home):
+    import socket
+
+    with socket.socket() as listener:  # what a first worker's web server holds
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        line = error_line(recsys("worker", env={**home, "RECSYS_WEB_PORT": str(port)}, timeout=30))
+    assert f"port {port} is already in use" in line
+    assert "RECSYS_WEB_PORT" in line and "RECSYS_STORE_DIR" in line
+
+
+def test_worker_without_a_broker(home):
+    from stream_app.broker import free_port
+
+    closed = free_port()  # nothing listens there
+    env = {**home, "RECSYS_BROKER_URL": f"kafka://127.0.0.1:{closed}", "RECSYS_WEB_PORT": str(free_port())}
+    line = error_line(recsys("worker", env=env, timeout=30))
+    assert f"no Kafka broker answers at 127.0.0.1:{closed}" in line
+    assert "recsys broker --detach" in line and "RECSYS_BROKER_URL" in line
