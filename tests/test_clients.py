@@ -29,13 +29,13 @@ def _tiny():
 
 
 @pytest.fixture
-def topics(kafka_broker):
-    """Unique topic names for one test, as setting flags, plus the broker URL."""
+def topics(kafka_broker, monkeypatch):
+    """Unique topic names for one test (in the environment: each command has only its own topics' flags), and
+    the broker URL as flags."""
     names = {kind: _unique(kind) for kind in ("ratings", "users", "items", "requests", "recommendations")}
-    flags = ["--broker-url", kafka_broker.url, "--partitions", "2"]
     for kind, name in names.items():
-        flags += [f"--topic-{kind}", name]
-    return names, flags
+        monkeypatch.setenv(f"RECSYS_TOPIC_{kind.upper()}", name)
+    return names, ["--broker-url", kafka_broker.url, "--partitions", "2"]
 
 
 # ---------------------------------------------------------------------------------------------- no broker

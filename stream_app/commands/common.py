@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 from stream_app.core.config import ENCODERS, OBJECTIVES, ModelConfig
@@ -32,6 +33,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def show_progress(quiet: bool = False) -> bool:
+    """Progress bars only on a terminal: written to a log file or a pipe they are a flood of carriage-return
+    lines (training still logs one plain line per round)."""
+    return not quiet and sys.stderr.isatty()
+
+
 def load_split_for(args, settings):
     """The split named by --data/--split; synthetic data is generated from the seed and sizes."""
     from stream_app.data.registry import load_dataset, load_split
@@ -43,19 +50,56 @@ def load_split_for(args, settings):
     return load_split(args.data, args.split, settings, seed=settings.seed, data=data)
 
 
+# One line of help per ModelConfig field (the measurements behind the defaults are in stream_app/core/config.py).
+CONFIG_HELP = {
+    "n_dim": "size N of the user and item ID vectors",
+    "m_records": "ratings M an entity's autoencoder encodes at a time",
+    "k_samples": "subsets of M ratings whose codes are averaged into a served vector (K)",
+    "encoder": "set: permutation-invariant set encoder; concat: fixed-M concatenation",
+    "objective": "joint: encoders and predictor trained together; reconstruct: autoencoders first, then the "
+                 "predictor",
+    "hidden": "hidden units of the encoders and decoders",
+    "predictor_hidden": "hidden units of the rating predictor",
+    "dropout": "dropout rate in the networks",
+    "rounds": "training rounds (ID refinements); at least 1",
+    "steps_per_round": "network training steps between two ID refinements",
+    "batch_size": "ratings per training step",
+    "lr": "learning rate",
+    "weight_decay": "weight decay of the optimizer",
+    "recon_weight": "weight of the reconstruction loss in the joint objective",
+    "thumbs_weight": "weight of the thumbs up/down head",
+    "train_k": "codes averaged per entity for one training example",
+    "calibrate_weight": "weight of the extra predictor loss on served-like vectors (0 = off)",
+    "small_pool_fraction": "fraction of training examples drawn from only a few of the entity's ratings",
+    "predictor_epochs": "reconstruct objective: predictor epochs after the refinement",
+    "smoothing": "step of an ID refinement toward its target (1 = jump), in (0, 1]",
+    "breathing": "remove the common drift of all codes before moving the IDs",
+    "whiten": "decorrelate the ID vectors to equal spread after each move",
+    "init_scale": "initial ID vectors drawn from U(-s, s)",
+    "cold_ridge": "ridge penalty of the side-data -> vector cold-start regression",
+    "foldin_prior": "pseudo-ratings the cold-start vector counts for when folding in an entity",
+    "popularity_weight": "top-N lists rank by predicted stars + w * ln(1 + ratings of the item)",
+    "valid_fraction": "training ratings held out to report the validation error",
+}
+
+
 def add_config_flags(parser) -> None:
     """One --flag per ModelConfig field (default None: keep the config file's or built-in value)."""
-    group = parser.add_argument_group("model hyperparameters (see stream_app/core/config.py)")
+    group = parser.add_argument_group("model hyperparameters (flags override --config; "
+                                      "see stream_app/core/config.py)")
     for f in fields(ModelConfig):
         if f.name == "seed":
             continue  # the settings' --seed
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
+        text = f"{CONFIG_HELP.get(f.name, 'see stream_app/core/config.py')} (default: {f.default})".replace("%", "%%")
         if kind is bool:
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=_parse_bool, default=None, metavar="BOOL")
+            group.add_argument(flag, dest=f"cfg_{f.name}", type=_parse_bool, default=None, metavar="BOOL",
+                               help=text)
         else:
             choices = {"encoder": ENCODERS, "objective": OBJECTIVES}.get(f.name)
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=kind, default=None, choices=choices)
+            group.add_argument(flag, dest=f"cfg_{f.name}", type=kind, default=None, choices=choices,
+                               metavar=f.name.upper() if choices is None else None, help=text)
 
 
 def config_from_args(args) -> ModelConfig:

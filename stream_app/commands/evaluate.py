@@ -8,7 +8,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
+from stream_app.commands.common import (
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+    load_split_for,
+    show_progress,
+)
 from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data
 from stream_app.settings import add_setting_flags, settings_from_args
 
@@ -17,7 +23,10 @@ PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
 
 def register(sub):
     p = sub.add_parser("evaluate", help="evaluate models (warm, fold-in, prequential, top-N)")
-    p.add_argument("--protocol", default="warm", choices=PROTOCOLS)
+    p.add_argument("--protocol", default="warm", choices=PROTOCOLS,
+                   help="warm: rating error on the test split; foldin-users/foldin-items: error of held-out users or "
+                        "items folded in from k ratings; prequential: predict each test rating, then absorb it; "
+                        "topn: precision, recall and NDCG of top-N lists (default: warm)")
     p.add_argument("--artifact", default=None,
                    help="our trained model (default: ARTIFACTS_DIR/current); fold-in protocols train their "
                         "own unless given one trained without the held-out entities")
@@ -39,7 +48,7 @@ def register(sub):
                    help="prequential: our fold-in uses the last WINDOW ratings of an entity (0 = all)")
     p.add_argument("--top-n", type=int, default=10, help="topn: list length")
     p.add_argument("--autorec-epochs", type=int, default=None, help="I-AutoRec training epochs")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
     p.set_defaults(func=run)
@@ -115,7 +124,7 @@ def _trainer(args, settings):
     config = config_from_args(args)
 
     def train(data):
-        rec, _ = Trainer(config, FeatureSchema.fit(data), settings.device, not args.quiet).fit(
+        rec, _ = Trainer(config, FeatureSchema.fit(data), settings.device, show_progress(args.quiet)).fit(
             data, log=(lambda *a: None) if args.quiet else tqdm.write)
         return rec
 

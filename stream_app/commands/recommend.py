@@ -28,7 +28,8 @@ def register(sub):
                         "its default size)")
     add_allow_other_data_flag(p)
     p.add_argument("--json", action="store_true", help="print the reply as JSON instead of a table")
-    add_setting_flags(p, "data", "model", "stream")
+    add_setting_flags(p, "broker_url", "partitions", "replication_factor", "topic_requests", "topic_recommendations",
+                      "top_n", "artifacts_dir", "data", "seed")
     p.set_defaults(func=run)
 
 

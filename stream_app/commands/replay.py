@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_app.commands.common import add_data_flags, load_split_for
+from stream_app.commands.common import add_data_flags, load_split_for, show_progress
 from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data, model_manifest
 from stream_app.data.dataset import RatingData
 from stream_app.errors import RecsysError
@@ -42,7 +42,8 @@ def register(sub):
                    help="send the side data of every user and item, not only of those the ratings name")
     p.add_argument("--no-side-data", dest="side_data", action="store_false", help="send the ratings only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_setting_flags(p, "data", "model", "stream")
+    add_setting_flags(p, "data", "seed", "artifacts_dir", "broker_url", "partitions", "replication_factor",
+                      "topic_users", "topic_items", "topic_ratings")
     p.set_defaults(func=run)
 
 
@@ -210,7 +211,7 @@ def run(args) -> int:
     print(f"replaying {args.data}{part} to {bootstrap} {pace}: {len(events)} events")
     producer = json_producer(bootstrap)
     try:
-        stats = produce_events(producer, events, topics, rate=args.rate, progress=not args.quiet)
+        stats = produce_events(producer, events, topics, rate=args.rate, progress=show_progress(args.quiet))
     finally:
         producer.close()
     print(stats.summary())

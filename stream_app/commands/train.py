@@ -9,7 +9,13 @@ import shutil
 import time
 from pathlib import Path
 
-from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
+from stream_app.commands.common import (
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+    load_split_for,
+    show_progress,
+)
 from stream_app.settings import add_setting_flags, settings_from_args
 
 
@@ -28,7 +34,8 @@ def add_training_flags(p) -> None:
     p.add_argument("--config", default=None, help="JSON file of model hyperparameters (flags override it)")
     p.add_argument("--no-promote", dest="promote", action="store_false",
                    help="do not point ARTIFACTS_DIR/current at the new model")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
 
@@ -57,7 +64,7 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     print(f"config: {json.dumps(config.to_dict())}")
     schema = FeatureSchema.fit(split.train)
     started = time.perf_counter()
-    trainer = Trainer(config, schema, device=settings.device, progress=not args.quiet)
+    trainer = Trainer(config, schema, device=settings.device, progress=show_progress(args.quiet))
     rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume)
     report["train_seconds"] = time.perf_counter() - started
     report["device"] = str(trainer.device)
