@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from stream_app.errors import UsageError
+
 ENV_PREFIX = "RECSYS_"
 
 
@@ -109,7 +111,7 @@ def _parse(type_name: Any, raw: str, name: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise SystemExit(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise UsageError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}: fix or unset it") from None
     return raw
 
 

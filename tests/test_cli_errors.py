@@ -150,3 +150,8 @@ def test_worker_without_a_broker(home):
     line = error_line(recsys("worker", env=env, timeout=30))
     assert f"no Kafka broker answers at 127.0.0.1:{closed}" in line
     assert "recsys broker --detach" in line and "RECSYS_BROKER_URL" in line
+
+
+def test_a_bad_setting_in_the_environment(home):
+    line = error_line(recsys("settings", "--current", env={**home, "RECSYS_PARTITIONS": "four"}))
+    assert line == "recsys: error: RECSYS_PARTITIONS='four' is not a valid int: fix or unset it"
