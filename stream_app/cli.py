@@ -34,8 +34,15 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag is a usage error like the others: one line (not the whole usage), exit 2."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"recsys: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = Parser(prog="recsys", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (default: one line that names the fix)")

@@ -155,3 +155,8 @@ def test_worker_without_a_broker(home):
 def test_a_bad_setting_in_the_environment(home):
     line = error_line(recsys("settings", "--current", env={**home, "RECSYS_PARTITIONS": "four"}))
     assert line == "recsys: error: RECSYS_PARTITIONS='four' is not a valid int: fix or unset it"
+
+
+def test_a_bad_flag_is_one_line_not_the_usage():
+    line = error_line(recsys("train", "--rounds", "abc"))
+    assert line == "recsys: error: argument --rounds: invalid int value: 'abc' (see `recsys train --help`)"
