@@ -69,7 +69,7 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the worker to start, and for it to process the replay")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (model, logs, stores)")
-    add_setting_flags(p, "data", "model")
+    add_setting_flags(p, "data", "device", "seed")  # its model and artifacts live in a temporary folder
     p.set_defaults(func=run)
 
 
@@ -497,9 +497,9 @@ class Demo:
         width = max([4] + [len(str(e["item_id"])) for e in items])
         old_rank = {e["item_id"]: r for r, e in enumerate(before or [], 1)}
         old_score = {e["item_id"]: float(e["score"]) for e in before or []}
-        head = f"      {'rank':>4}  {'item':<{width}}  {'score':>5}"
+        head = f"      {'rank':>4}  {'item':<{width}}  {'stars':>5}"
         head += f"  {'change':<18}" if before is not None else ""
-        lines = [head + "  title"]
+        lines = ["      (ranked by predicted stars + popularity, so the stars may be out of order)", head + "  title"]
         for rank, e in enumerate(items, 1):
             item_id, score = str(e["item_id"]), float(e["score"])
             line = f"      {rank:>4}  {item_id:<{width}}  {score:>5.2f}"
