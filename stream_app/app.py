@@ -536,10 +536,12 @@ class Runtime:
             return
         started = time.perf_counter()
         results = self.service.recommend_many(queries)
+        ranks = [self.service.rank_scores(top) for top in results]  # before an await can change the counts
         self.metrics.recommend_seconds.observe(time.perf_counter() - started)
-        for (uid, request_id, sources), top in zip(meta, results, strict=True):
+        for (uid, request_id, sources), top, rank in zip(meta, results, ranks, strict=True):
             await self._publish(self.recommendations, uid,
-                                ev.recommendations(uid, top, self.model_version, request_id=request_id),
+                                ev.recommendations(uid, top, self.model_version, request_id=request_id,
+                                                   rank_scores=rank),
                                 sources, "recommendations")
 
     # ------------------------------------------------------------------------------------------ items

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from stream_app.commands.common import show_progress
 from stream_app.data.dataset import RatingData
 from stream_app.data.registry import (
     DATASETS,
@@ -52,7 +53,7 @@ def run_download(args) -> int:
     if cached is not None:
         print(f"{args.name} is already in the cache: {cached}")
         return 0
-    path = download_dataset(args.name, settings, verify=args.verify)
+    path = download_dataset(args.name, settings, verify=args.verify, progress=show_progress())
     print(f"{args.name} ready in {path}")
     return 0
 

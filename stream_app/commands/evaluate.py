@@ -8,7 +8,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
+from stream_app.commands.common import (
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+    load_split_for,
+    show_progress,
+)
+from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data
 from stream_app.settings import add_setting_flags, settings_from_args
 
 PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
@@ -16,7 +23,10 @@ PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
 
 def register(sub):
     p = sub.add_parser("evaluate", help="evaluate models (warm, fold-in, prequential, top-N)")
-    p.add_argument("--protocol", default="warm", choices=PROTOCOLS)
+    p.add_argument("--protocol", default="warm", choices=PROTOCOLS,
+                   help="warm: rating error on the test split; foldin-users/foldin-items: error of held-out users or "
+                        "items folded in from k ratings; prequential: predict each test rating, then absorb it; "
+                        "topn: precision, recall and NDCG of top-N lists (default: warm)")
     p.add_argument("--artifact", default=None,
                    help="our trained model (default: ARTIFACTS_DIR/current); fold-in protocols train their "
                         "own unless given one trained without the held-out entities")
@@ -24,6 +34,7 @@ def register(sub):
     p.add_argument("--baselines", default="bias-only,als-mf,i-autorec",
                    help="comma list of bias-only, als-mf, i-autorec (empty: none)")
     add_data_flags(p)
+    add_allow_other_data_flag(p)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="fold-in: RMSE vs k; prequential: running RMSE")
     p.add_argument("--ks", default="1,3,5,10,20", help="fold-in protocols: revealed ratings per entity")
@@ -37,7 +48,7 @@ def register(sub):
                    help="prequential: our fold-in uses the last WINDOW ratings of an entity (0 = all)")
     p.add_argument("--top-n", type=int, default=10, help="topn: list length")
     p.add_argument("--autorec-epochs", type=int, default=None, help="I-AutoRec training epochs")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
     p.set_defaults(func=run)
@@ -47,18 +58,21 @@ def run(args) -> int:
     from stream_app import protocols
 
     settings = settings_from_args(args)
+    artifact = _artifact_path(args, settings)
+    if artifact is not None:  # refuse a model of another dataset before loading any data
+        check_same_data(_manifest(artifact), args.data, args.allow_other_data)
     split = load_split_for(args, settings)
     log = (lambda *a: None) if args.quiet else tqdm.write
     names = [n for n in args.baselines.split(",") if n]
     autorec = {"epochs": args.autorec_epochs} if args.autorec_epochs else None
     baselines = protocols.baseline_factories(names, settings.seed, autorec=autorec)
     if args.protocol.startswith("foldin"):
-        rec = None if args.no_model or not args.artifact else _load(args.artifact)
+        rec = None if artifact is None else _load(artifact)
         train_ours = None if args.no_model else _trainer(args, settings)
         result = protocols.foldin(split, args.protocol.split("-")[1].rstrip("s"), _ints(args.ks), train_ours, rec,
                                   baselines, _ints(args.retrain_ks), args.retrain_ours, settings.seed, log)
     else:
-        rec = None if args.no_model else _load(args.artifact or settings.artifacts_dir)
+        rec = None if artifact is None else _load(artifact)
         if args.protocol == "warm":
             result = protocols.warm(split, rec, baselines, log=log)
             if rec is not None:  # top-level keys of our model, as before the side-by-side table
@@ -80,6 +94,22 @@ def run(args) -> int:
     return 0
 
 
+def _artifact_path(args, settings):
+    """Our model's artifact: --artifact, else ARTIFACTS_DIR (its current) except for fold-in protocols, which
+    train their own; None with --no-model."""
+    if args.no_model:
+        return None
+    if args.protocol.startswith("foldin"):
+        return args.artifact
+    return args.artifact or settings.artifacts_dir
+
+
+def _manifest(path) -> dict:
+    from stream_app.core.artifacts import read_manifest, resolve_artifact
+
+    return read_manifest(resolve_artifact(path))
+
+
 def _load(path):
     from stream_app.core.artifacts import load_artifact
 
@@ -94,7 +124,7 @@ def _trainer(args, settings):
     config = config_from_args(args)
 
     def train(data):
-        rec, _ = Trainer(config, FeatureSchema.fit(data), settings.device, not args.quiet).fit(
+        rec, _ = Trainer(config, FeatureSchema.fit(data), settings.device, show_progress(args.quiet)).fit(
             data, log=(lambda *a: None) if args.quiet else tqdm.write)
         return rec
 

@@ -31,7 +31,7 @@ from stream_app.data.movielens import (
     load_ml100k,
     load_ml100k_split,
 )
-from stream_app.errors import DataNotFoundError, RecsysError
+from stream_app.errors import DataNotFoundError, RecsysError, UnknownNameError
 from stream_app.settings import Settings
 
 # Base of the download URLs; tests point it (or `download_dataset(base_url=...)`) at a file:// folder.
@@ -85,7 +85,8 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, SYNTHETIC])}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, SYNTHETIC])} "
+                               "(see `recsys data list`)")
     return DATASETS[name]
 
 
@@ -141,11 +142,13 @@ def resolve_dataset_dir(name: str, settings: Settings | None = None) -> Path:
     where = f"the cache ({cache_dir(name, settings)})"
     if settings.data_mirror:
         where += f" or the mirror ({mirror_root(settings)})"
-    raise DataNotFoundError(
-        f"dataset {name} is not in {where}. Fix: run `recsys data download {name}`, or set "
-        f"RECSYS_DATA_MIRROR=/path/to/folder, a folder holding {name}/ or {name}.zip "
-        f"(e.g. RECSYS_DATA_MIRROR=../shared/data)"
-    )
+    raise DataNotFoundError(f"dataset {name} is not in {where}: {how_to_get(name)}")
+
+
+def how_to_get(name: str) -> str:
+    """The fix for a dataset that is not there (one line)."""
+    return (f"run `recsys data download {name}`, or set RECSYS_DATA_MIRROR to a folder holding "
+            f"{name}/ or {name}.zip")
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -192,7 +195,9 @@ def _fetch(url: str, folder: Path, progress: bool) -> tuple[Path, str]:
                     bar.update(len(chunk))
     except OSError as exc:  # URLError and HTTPError are OSErrors
         Path(tmp).unlink(missing_ok=True)
-        raise RecsysError(f"could not download {url}: {exc}") from exc
+        name = Path(urlparse(url).path).stem
+        raise RecsysError(f"could not download {url} ({exc}); offline? set RECSYS_DATA_MIRROR to a folder "
+                          f"holding {name}/ or {name}.zip") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -292,9 +297,11 @@ def load_split(name: str, split: str | None = None, settings: Settings | None = 
     """ml-100k: official u1..u5/ua/ub splits (default u1). Any dataset: "random" = 90/10 random
     rating split with `seed` (the ML-1M protocol, default elsewhere), "none" = empty test set.
     `data`: the already loaded full dataset, to avoid loading it twice."""
+    if name != SYNTHETIC:
+        dataset_info(name)  # an unknown name is named as such, not as an unknown split
     split = split or split_names(name)[0]
     if split not in split_names(name):
-        raise ValueError(f"unknown split {split!r} for {name}; valid: {', '.join(split_names(name))}")
+        raise UnknownNameError(f"unknown split {split!r} for {name}; valid: {', '.join(split_names(name))}")
     if split in ML100K_SPLITS:
         return load_ml100k_split(resolve_dataset_dir(name, settings), split, full=data)
     data = data if data is not None else load_dataset(name, settings)

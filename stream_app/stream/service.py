@@ -240,6 +240,15 @@ class FoldInService:
         return results
 
 
+    def rank_scores(self, top: list[tuple[str, float]]) -> list[float]:
+        """What a top-N list from recommend_many is ranked by, per entry: Recommender.rank_scores of the
+        predicted stars with the catalogue's rating counts."""
+        if not top:
+            return []
+        counts = self.catalogue.counts[[self.catalogue.index_of(i) for i, _ in top]]
+        return [float(x) for x in self.rec.rank_scores(np.array([s for _, s in top], np.float64), counts)]
+
+
 def dense(rows: list[list[list]], width: int) -> np.ndarray:
     """[len(rows), width] float32 from rows written by sparse()."""
     out = np.zeros((len(rows), width), np.float32)
