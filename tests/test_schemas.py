@@ -89,6 +89,7 @@ def test_every_input_schema_shares_the_id_rule():
     assert string_rule["maxLength"] == ev.MAX_ID_CHARS
 
 
+@pytest.mark.slow  # 1.1 million code points: several seconds
 def test_the_id_pattern_refuses_exactly_the_characters_the_parser_refuses():
     """Every code point, between two letters: the schema's pattern and ev.parse_id agree (the joiner U+200D,
     accepted by the worker only inside an emoji sequence, is checked separately)."""
