@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_app import protocols  # noqa: E402
 from stream_app.commands.evaluate import format_table  # noqa: E402
+from stream_app.evaluation import protocols  # noqa: E402
 
 PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
 # Our model in --quick runs: small and short, so that the whole bench fits in minutes on a CPU.

@@ -44,7 +44,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from stream_app import protocols
+    from stream_app.evaluation import protocols
 
     settings = settings_from_args(args)
     split = load_split_for(args, settings)
@@ -126,7 +126,7 @@ def format_table(result: dict) -> str:
 
 
 def _get(by_k: dict, k: int, key: str):
-    from stream_app.protocols import at_k
+    from stream_app.evaluation.protocols import at_k
 
     m = at_k(by_k, k)
     return m[key] if m else "-"

@@ -75,6 +75,13 @@ class RatingData:
         return {raw: i for i, raw in enumerate(self.item_ids)}
 
 
+def group_rows(index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR grouping of rows by an entity index in 0..n-1: (order, bounds), where the rows of entity e
+    are order[bounds[e]:bounds[e + 1]] (in their original order). The one implementation of it."""
+    order = np.argsort(index, kind="stable")
+    return order, np.searchsorted(index[order], np.arange(n + 1))
+
+
 @dataclass
 class Split:
     """A train/test split of one RatingData (both share its id maps and side data)."""

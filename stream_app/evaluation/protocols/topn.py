@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from stream_app.data.dataset import RatingData
+from stream_app.data.dataset import RatingData, Split
 
 
 def baseline_scorer(model):
@@ -110,6 +110,26 @@ def evaluate_topn(scorers: dict, train: RatingData, test: RatingData, n: int = 1
                      "users": len(users), "n": n, "relevant_at": relevant_at,
                      "seconds": time.perf_counter() - started}
     return out
+
+
+def topn(split: Split, rec=None, baselines: dict | None = None, n: int = 10, log=print) -> dict:
+    """Our model ranked as served ("aevec": stars + popularity term) and by stars alone ("aevec-stars");
+    each baseline by its stars and with the same popularity term ("NAME+pop"), so the term is not an
+    advantage of ours alone; and popularity itself."""
+    from stream_app.core.config import ModelConfig
+
+    weight = (rec.model.config if rec is not None else ModelConfig()).popularity_weight
+    scorers = {"popularity": popularity_scorer(split.train)}  # the non-personalised reference
+    if rec is not None:
+        scorers["aevec"] = aevec_scorer(rec)
+        scorers["aevec-stars"] = aevec_scorer(rec, popularity=False)
+    for name, make in (baselines or {}).items():
+        log(f"topn: fitting {name}")
+        scorers[name] = baseline_scorer(make().fit(split.train))
+        if weight:
+            scorers[f"{name}+pop"] = with_popularity(scorers[name], split.train, weight)
+    return {"protocol": "topn", "n": n, "popularity_weight": weight,
+            "systems": evaluate_topn(scorers, split.train, split.test, n=n)}
 
 
 def _by_user(user: np.ndarray, item: np.ndarray, n_users: int) -> dict[int, np.ndarray]:
