@@ -29,6 +29,7 @@ def foldin(split: Split, side: str, ks=FOLDIN_KS, train_ours: Callable | None = 
     retrain_ks: ks at which ALS (and ours with retrain_ours) is retrained on the training data plus
     every held-out entity's revealed ratings: the accuracy fold-in gives up by not retraining.
     """
+    split.train.require_time(f"the fold-in protocol (each held-out {side}'s first k ratings in time order)")
     held = hold_out(split.train, side, seed=seed)
     log(f"fold-in {side}s: {len(held.entities)} held out ({len(held.held)} ratings); "
         f"training on the other {len(held.train)} ratings")

@@ -131,6 +131,7 @@ def prequential(split: Split, rec=None, baselines: dict | None = None, peers: li
                 chunk: int = 1, limit: int | None = None, window: int = 0, log=print) -> dict:
     """Predict-then-update over the test ratings in time order (see this module's top).
     `peers`: extra stream systems (objects with name, predict(u, i, ts), update(u, i, r, ts))."""
+    split.test.require_time("the prequential protocol (test ratings streamed in time order)")
     systems = []
     if rec is not None:
         systems.append(AEVecStream(rec, split.train, window))
