@@ -17,6 +17,7 @@ class ALSMF:
     """
 
     name = "als-mf"
+    grid = {"reg": (2.0, 4.0, 8.0, 16.0, 32.0)}  # chosen on validation data (evaluation.tuning)
 
     def __init__(self, factors: int = 32, reg: float = 8.0, bias_reg: float = 5.0, iterations: int = 15,
                  seed: int = 0):

@@ -24,6 +24,7 @@ class IAutoRec:
     """
 
     name = "i-autorec"
+    grid = {"l2": (50.0, 100.0, 200.0, 400.0)}  # chosen on validation data (evaluation.tuning)
 
     # Defaults chosen on ML-100K u1.base only, never on u1.test. Training: a random 10% validation
     # split of u1.base. User fold-in ridge (foldin_reg, foldin_bias_reg): the fold-in protocol with

@@ -13,6 +13,7 @@ class BiasOnly:
     """Global mean + damped user and item biases (alternating least squares, 3 sweeps)."""
 
     name = "bias-only"
+    grid = {"damping": (1.0, 3.0, 5.0, 10.0, 25.0)}  # chosen on validation data (evaluation.tuning)
 
     def __init__(self, damping: float = 5.0):
         self.damping = damping

@@ -15,12 +15,13 @@ PROTOCOLS.
 
 from __future__ import annotations
 
-from stream_app.baselines import BASELINES, baseline_factories
+from stream_app.baselines import BASELINES, TOPN_BASELINES, baseline_factories
 from stream_app.evaluation.protocols.foldin import FOLDIN_KS, at_k, foldin
 from stream_app.evaluation.protocols.prequential import prequential
 from stream_app.evaluation.protocols.topn import topn
 from stream_app.evaluation.protocols.warm import warm
 from stream_app.evaluation.splits import concat
+from stream_app.evaluation.tuning import BaselineSet
 
 PROTOCOLS = ("warm", "foldin-users", "foldin-items", "prequential", "topn")
 
@@ -31,5 +32,10 @@ def plot(result: dict, out) -> None:
 
     plot_protocol(result, out)
 
-__all__ = ["BASELINES", "FOLDIN_KS", "PROTOCOLS", "at_k", "baseline_factories", "concat", "foldin", "plot",
-           "prequential", "topn", "warm"]
+__all__ = ["BASELINES", "FOLDIN_KS", "PROTOCOLS", "TOPN_BASELINES", "BaselineSet", "at_k", "baseline_factories",
+           "concat", "default_baselines", "foldin", "plot", "prequential", "topn", "warm"]
+
+
+def default_baselines(protocol: str) -> tuple[str, ...]:
+    """The baselines a protocol runs unless told otherwise: the rating predictors, plus rankers (EASE) in topn."""
+    return TOPN_BASELINES if protocol == "topn" else BASELINES

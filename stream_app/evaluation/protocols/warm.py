@@ -10,23 +10,33 @@ import numpy as np
 
 from stream_app.data.dataset import RatingData, Split
 from stream_app.evaluation.metrics import rating_metrics, thumbs_metrics
+from stream_app.evaluation.tuning import BaselineSet, describe, prepare
 
 if TYPE_CHECKING:
     from stream_app.core.foldin import Recommender
 
 
-def warm(split: Split, rec=None, baselines: dict | None = None, peers: dict | None = None, log=print) -> dict:
+def warm(split: Split, rec=None, baselines=None, peers: dict | None = None, log=print) -> dict:
     """RMSE/MAE (and thumbs accuracy/AUC) on the test ratings; our model and baselines side by side.
-    `peers`: name -> object with fit(train) and predict(user, item) (bench's outside systems)."""
+    baselines: a tuning.BaselineSet (hyperparameters chosen on a validation split of the training
+    ratings) or {name: factory}. `peers`: name -> object with fit(train) and predict(user, item)
+    (bench's outside systems)."""
+    if isinstance(baselines, BaselineSet):
+        baselines = baselines.without_rankers("warm")
+    prepared = prepare(baselines, split.train, log)
     systems = {}
     if rec is not None:
         systems["aevec"] = evaluate_warm(rec, split.test)
         systems["aevec"]["model_version"] = rec.model_version
-    for name, make in {**(baselines or {}), **(peers or {})}.items():
+    for name, make in {**prepared.factories, **(peers or {})}.items():
         log(f"warm: fitting {name} on {len(split.train)} ratings")
         model = make().fit(split.train)
         systems[name] = evaluate_baseline_warm(model, split.test)
-    return {"protocol": "warm", "systems": systems}
+    return {"protocol": "warm", "systems": systems, **describe(split, prepared.record, _seed(baselines))}
+
+
+def _seed(baselines) -> int | None:
+    return baselines.seed if isinstance(baselines, BaselineSet) else None
 
 
 def align(rec: Recommender, data: RatingData) -> tuple[np.ndarray, np.ndarray]:
