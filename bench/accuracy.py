@@ -3,7 +3,8 @@ two outside peers, in one run.
 
     python bench/accuracy.py [--quick] [--artifact DIR] [--data ml-100k] [--split u1 | --split u1,u2,u3,u4,u5]
 
-- warm: aevec, bias-only, als-mf, i-autorec and scikit-surprise SVD (peer) on the test ratings;
+- warm: aevec, bias-only, als-mf, i-autorec and scikit-surprise SVD (and SVD++ with --svdpp) (peers)
+  on the test ratings;
 - foldin-users / foldin-items: *-foldin systems at k = 1, 3, 5, 10, 20, and als-mf-retrain (plus
   aevec-retrain with --retrain-ours) at --retrain-ks;
 - prequential: aevec, bias-only, als-mf and River's online BiasedMF (peer, `river.reco`) over the
@@ -57,17 +58,21 @@ QUICK_CONFIG = dict(rounds=4, steps_per_round=30, n_dim=16, k_samples=16, hidden
 
 # ---- outside peers -----------------------------------------------------------------------------
 class SurpriseSVD:
-    """scikit-surprise SVD (Funk-style biased MF by SGD) with its default hyperparameters."""
+    """scikit-surprise SVD (Funk-style biased MF by SGD) with its default hyperparameters; `algo="SVDpp"`:
+    its SVD++ (implicit feedback of which items each user rated; slow: minutes on ML-100K, much more on ML-1M).
+    Library defaults, not tuned here: an outside anchor for our re-implementations."""
 
     name = "surprise-svd"
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    def __init__(self, seed: int = 0, algo: str = "SVD"):
+        self.seed, self.algo_name = seed, algo
+        self.name = {"SVD": "surprise-svd", "SVDpp": "surprise-svdpp"}[algo]
 
     def fit(self, train):
         import tempfile
 
-        from surprise import SVD, Dataset, Reader
+        import surprise
+        from surprise import Dataset, Reader
 
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:  # surprise reads files (or pandas, not installed here)
@@ -76,7 +81,7 @@ class SurpriseSVD:
                                                                             train.rating.tolist(), strict=True)))
             reader = Reader(line_format="user item rating", sep="\t", rating_scale=train.rating_scale)
             trainset = Dataset.load_from_file(str(path), reader).build_full_trainset()
-        self.algo = SVD(random_state=self.seed).fit(trainset)
+        self.algo = getattr(surprise, self.algo_name)(random_state=self.seed).fit(trainset)
         self.train_seconds = time.perf_counter() - started
         return self
 
@@ -134,6 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", type=int, default=None, help="fold-in: held-out entities per fold (default 10%%)")
     p.add_argument("--bootstrap", type=int, default=1000, help="fold-in: bootstrap replicates of the intervals")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--svdpp", action="store_true", help="warm: also scikit-surprise SVD++ (slow) as an outside peer")
     p.add_argument("--ks", default="1,3,5,10,20")
     p.add_argument("--retrain-ks", default="1,5,20")
     p.add_argument("--retrain-ours", action="store_true", help="also retrain our model at --retrain-ks")
@@ -230,7 +236,9 @@ def _run(name, split, rec, args, baselines, train_ours, skipped, log) -> dict:
     from stream_app.core.artifacts import load_artifact, save_artifact
 
     if name == "warm":
-        peers = {} if "surprise-svd" in skipped else {"surprise-svd": lambda: SurpriseSVD(args.seed)}
+        algos = ("SVD", "SVDpp") if args.svdpp else ("SVD",)
+        peers = {} if "surprise-svd" in skipped else {
+            f"surprise-{a.lower()}": (lambda a=a: SurpriseSVD(args.seed, a)) for a in algos}
         return protocols.warm(split, rec, baselines(protocols.BASELINES), peers, log=log)
     if name.startswith("foldin"):
         side = name.split("-")[1].rstrip("s")
