@@ -168,3 +168,17 @@ def test_cli_foldin_folds_flags_and_json(tmp_path, capsys):
     assert result["folds"] == 2 and result["held_out_per_fold"] == [4, 4]
     assert result["hyperparameter_source"] == "defaults" and result["seed"] == 0 and result["split"]
     assert "bias-only-foldin rmse" in capsys.readouterr().out
+
+
+def test_foldin_table_prints_each_interval_beside_the_rmses():
+    from stream_app.commands.evaluate import format_table
+
+    result = {"protocol": "foldin-users", "ks": [1, 5],
+              "systems": {"aevec-foldin": {"1": {"rmse": 1.0}, "5": {"rmse": 0.95}},
+                          "als-mf-foldin": {"1": {"rmse": 1.05}, "5": {"rmse": 0.97}}},
+              "intervals": {"als-mf-foldin": {"1": {"diff": -0.05, "low": -0.08, "high": -0.02}}},
+              "intervals_about": "RMSE of aevec-foldin minus the system's"}
+    lines = format_table(result).splitlines()
+    assert "ours - als-mf-foldin [95% CI]" in lines[0]
+    assert lines[2].endswith("-0.0500 [-0.0800, -0.0200]") and lines[3].endswith("-")
+    assert lines[-1].startswith("RMSE of aevec-foldin minus")
