@@ -16,7 +16,7 @@ import numpy as np
 from stream_app.data.dataset import RatingData, Split, group_rows
 from stream_app.evaluation.tuning import BaselineSet, describe, prepare
 
-POPULARITY_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0)  # NAME+pop: chosen on validation
+POPULARITY_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)  # NAME+pop: on validation
 VALIDATION_USERS = 1000  # users the popularity weight is chosen on (a seeded sample of the validation users)
 
 
