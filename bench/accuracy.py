@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", type=int, default=None, help="fold-in: held-out entities per fold (default 10%%)")
     p.add_argument("--bootstrap", type=int, default=1000, help="fold-in: bootstrap replicates of the intervals")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
+    p.add_argument("--no-model", action="store_true", help="baselines and peers only (no model of ours)")
+    p.add_argument("--baselines", default=None, help="comma list: run only these of each protocol's baselines")
     p.add_argument("--svdpp", action="store_true", help="warm: also scikit-surprise SVD++ (slow) as an outside peer")
     p.add_argument("--ks", default="1,3,5,10,20")
     p.add_argument("--retrain-ks", default="1,5,20")
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
         return rec
 
     def baselines(names):
-        return protocols.BaselineSet(names, args.seed, tune=args.hyperparameters == "validation")
+        chosen = names if args.baselines is None else [n for n in names if n in args.baselines.split(",")]
+        return protocols.BaselineSet(chosen, args.seed, tune=args.hyperparameters == "validation")
 
     skipped = {}
     for module, peer in (("surprise", "surprise-svd"), ("river", "river-biasedmf")):
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
         split = load_split(args.data, split_name, Settings.from_env(), seed=args.seed)
         suffix = f"-{split.name}" if len(split_names) > 1 else ""
         rec = None
-        if set(names) & {"warm", "prequential", "topn"}:
+        if set(names) & {"warm", "prequential", "topn"} and not args.no_model:
             if args.artifact:
                 rec = load_artifact(args.artifact)
                 ours.update(artifact=str(args.artifact), model_version=rec.model_version)
@@ -253,7 +256,8 @@ def _run(name, split, rec, args, baselines, train_ours, skipped, log) -> dict:
             trained.setdefault("first", model)
             return model
 
-        result = protocols.foldin(split, side, [int(k) for k in args.ks.split(",")], train_and_keep, frozen,
+        result = protocols.foldin(split, side, [int(k) for k in args.ks.split(",")],
+                                  None if args.no_model else train_and_keep, frozen,
                                   baselines(protocols.BASELINES), [int(k) for k in args.retrain_ks.split(",") if k],
                                   args.retrain_ours, args.seed, log, folds=args.folds, held_out=args.held_out,
                                   n_boot=args.bootstrap)
