@@ -106,3 +106,13 @@ def test_cli_refusal_is_one_line(tmp_path, mirror, capsys):
 def test_no_time_leaves_the_rating_context_empty():
     context = encode_context(np.array([NO_TIME, 1_577_836_800]))
     assert not context[0].any() and context[1].any()
+
+
+def test_cli_data_info_and_list_know_it_is_untimed_and_checked(tmp_path, mirror, capsys):
+    flags = ["--data-cache", str(tmp_path / "cache"), "--data-mirror", str(mirror)]
+    assert main(["data", "info", NAME, *flags]) == 0
+    info = capsys.readouterr().out
+    assert "4 users, 5 items, 7 ratings" in info and "no timestamps" in info
+    assert main(["data", "list", *flags]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith(f"{NAME} "))
+    assert line.split()[1:4] == ["folder", "-", "known"]

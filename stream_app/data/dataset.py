@@ -76,7 +76,7 @@ class RatingData:
         if not self.timed:
             from stream_app.errors import RecsysError
 
-            raise RecsysError(f"{self.name} has no timestamps, so {what} (time-ordered) cannot run on it; "
+            raise RecsysError(f"{self.name} has no timestamps, so {what} cannot run on it; "
                               "use the warm or topn protocol, or a dataset with timestamps (e.g. ml-1m, ml-100k)")
 
     def user_index(self) -> dict[str, int]:
