@@ -10,6 +10,7 @@ implementing base.Baseline (with a `grid` of the hyperparameter chosen on valida
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from stream_app.baselines.als import ALSMF
@@ -31,7 +32,7 @@ def make_baseline(name: str, seed: int = 0, **kwargs):
     if name not in CLASSES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(CLASSES)}")
     cls = CLASSES[name]
-    if "seed" in cls.__init__.__code__.co_varnames:
+    if "seed" in inspect.signature(cls).parameters:
         kwargs = {"seed": seed, **kwargs}
     return cls(**kwargs)
 
