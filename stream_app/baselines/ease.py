@@ -19,7 +19,7 @@ from stream_app.data.dataset import RatingData
 class EASE:
     name = "ease"
     ranks_only = True
-    grid = {"lam": (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)}
+    grid = {"lam": (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)}
 
     def __init__(self, lam: float = 500.0, implicit: bool = True):
         self.lam, self.implicit = lam, implicit
