@@ -116,7 +116,7 @@ def test_titles_from_is_checked_against_the_model_that_answered(tmp_path):
 
 @pytest.mark.parametrize("flags, fix", [
     (["--rounds", "0"], "--rounds must be at least 1, not 0"),
-    (["--steps-per-round", "0"], "--steps-per-round must be at least 1, not 0"),
+    (["--epochs-per-round", "0"], "invalid hyperparameter: steps_per_round must be >= 0 and epochs_per_round > 0"),
     (["--m-records", "99"], "invalid hyperparameter: m_records must be in 1..64"),
     (["--config", "/nonexistent/config.json"], "--config /nonexistent/config.json: No such file"),
     (["--synthetic-users", "1"], "too little data to train on"),

@@ -61,7 +61,8 @@ def cache_leftovers(cache: Path) -> list[str]:
 
 
 def test_registry_knows_the_movielens_zips():
-    assert set(registry.DATASETS) == {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small"}
+    assert set(registry.DATASETS) == {"ml-100k", "ml-1m", "ml-1m-ratings", "ml-10m", "ml-20m", "ml-25m",
+                                      "ml-latest-small"}
     assert registry.DATASETS["ml-10m"].folder == "ml-10M100K"
     assert registry.DATASETS["ml-1m"].url == "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
     for info in registry.DATASETS.values():

@@ -164,7 +164,8 @@ def test_item_window_rater_vectors_come_from_the_new_model(artifacts):
     iid = old.rec.ids["item"][0]
     state = old.initial_state("item", iid)
     feats = old.features("user", "stranger", {"side": {"gender": "F"}})
-    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8, extra=[st.pack_vector(np.ones(old.n_dim)), sparse(feats)])
+    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8,
+                  extra=[st.pack_vector(np.ones(old.n_dim)), sparse(feats)])
     lc.refresh_item_window(state, new.rec)
     for entry in state["window"][:-1]:
         index = new.rec.index["user"][entry[0]]

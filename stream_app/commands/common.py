@@ -9,8 +9,7 @@ from stream_app.core.config import ENCODERS, OBJECTIVES, ModelConfig
 from stream_app.errors import UsageError
 
 # Hyperparameters that must be >= 1 (0 rounds would write an untrained model).
-AT_LEAST_ONE = ("n_dim", "m_records", "k_samples", "hidden", "predictor_hidden", "rounds", "steps_per_round",
-                "batch_size", "train_k")
+AT_LEAST_ONE = ("n_dim", "m_records", "k_samples", "hidden", "predictor_hidden", "rounds", "batch_size", "train_k")
 
 
 def add_data_flags(p) -> None:
@@ -62,7 +61,10 @@ CONFIG_HELP = {
     "predictor_hidden": "hidden units of the rating predictor",
     "dropout": "dropout rate in the networks",
     "rounds": "training rounds (ID refinements); at least 1",
-    "steps_per_round": "network training steps between two ID refinements",
+    "epochs_per_round": "passes over the training ratings between two ID refinements",
+    "steps_per_round": "network training steps between two ID refinements (0 = from --epochs-per-round)",
+    "biases": "closed-form user and item biases beside the codes (one more vector component)",
+    "bias_reg": "pseudo-ratings pulling a folded-in bias toward its cold-start value",
     "batch_size": "ratings per training step",
     "lr": "learning rate",
     "weight_decay": "weight decay of the optimizer",

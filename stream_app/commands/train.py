@@ -53,7 +53,7 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     from stream_app.core.training import Trainer, predict_dataset, set_training_threads
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
-    from stream_app.plots import plot_training
+    from stream_app.evaluation.plots import plot_training
 
     config = config_from_args(args)
     split = load_split_for(args, settings)

@@ -1,7 +1,7 @@
 """Offline training: alternate autoencoder (and predictor) steps with ID refinement rounds.
 
-Round r: `epochs_per_round` passes (or `steps_per_round` gradient steps) on the networks with the current ID tables frozen,
-then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
+Round r: `epochs_per_round` passes (or `steps_per_round` gradient steps) on the networks with the
+current ID tables frozen, then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
 the common drift of all targets ("breathing") is removed; each vector moves a `smoothing` step
 toward its corrected target. At the end the encoders are frozen and every vector is recomputed
 exactly as serving does (fold-in), so trained and served vectors agree.
