@@ -54,6 +54,7 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
     from stream_app.evaluation.plots import plot_training
+    from stream_app.evaluation.protocols.topn import calibrate_popularity
 
     config = config_from_args(args)
     split = load_split_for(args, settings)
@@ -67,8 +68,11 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     threads = set_training_threads(settings.torch_threads, leave=1 if beside_serving else 0)
     started = time.perf_counter()
     trainer = Trainer(config, schema, device=settings.device, progress=show_progress(args.quiet))
-    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume)
+    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume, calibrate=calibrate_popularity)
     report["train_seconds"] = time.perf_counter() - started
+    chosen = [f"{name} {report[name]['chosen']:g}" for name in ("foldin_prior", "popularity_weight") if name in report]
+    if chosen:
+        print("chosen on the validation ratings: " + ", ".join(chosen))
     report["device"] = str(trainer.device)
     report["torch_threads"] = threads
     if len(split.test):

@@ -76,6 +76,9 @@ class ModelConfig:
     # the other half 0.271 / 0.278. Results: bench/results/topn/.
     popularity_weight: float = 1.0
     valid_fraction: float = 0.05  # training ratings held out to report validation error
+    # At the end of training choose foldin_prior (and, through `recsys train`, popularity_weight) on those
+    # validation ratings; the values above are then only where the choice starts from.
+    choose_on_validation: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

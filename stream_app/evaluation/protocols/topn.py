@@ -145,19 +145,32 @@ def topn(split: Split, rec=None, baselines=None, n: int = 10, log=print) -> dict
 
 
 def _tuned_weight(prepared, name: str, n: int, seed: int) -> tuple[float, dict]:
-    """The popularity weight of NAME+pop with the best validation NDCG@n (the model fitted on the fit
-    part; at most VALIDATION_USERS validation users, a seeded sample)."""
-    fit, valid = prepared.validation.train, prepared.validation.test
+    """The popularity weight of NAME+pop with the best validation NDCG@n (the model fitted on the fit part)."""
+    return tuned_popularity_weight(baseline_scorer(prepared.fitted[name]), prepared.validation.train,
+                                   prepared.validation.test, n, seed)
+
+
+def tuned_popularity_weight(base, fit: RatingData, valid: RatingData, n: int = 10, seed: int = 0
+                            ) -> tuple[float, dict]:
+    """The weight w of `base` + w ln(1 + training ratings of the item) with the best NDCG@n on `valid`
+    (at most VALIDATION_USERS of its users, a seeded sample), and a record of the choice."""
     users = np.unique(valid.user)
     if len(users) > VALIDATION_USERS:
         users = np.random.default_rng(seed).choice(users, VALIDATION_USERS, replace=False)
         valid = valid.subset(np.isin(valid.user, users))
-    base = baseline_scorer(prepared.fitted[name])
     scores = evaluate_topn({f"{w:g}": with_popularity(base, fit, w) for w in POPULARITY_WEIGHTS}, fit, valid, n=n)
     ndcg = {w: scores[w]["ndcg"] for w in scores}
     best = max(POPULARITY_WEIGHTS, key=lambda w: ndcg[f"{w:g}"])
     return best, {"source": "validation", "chosen": best, "metric": f"ndcg@{n}", "validation": ndcg,
                   "validation_users": int(len(users))}
+
+
+def calibrate_popularity(rec, train: RatingData, valid: RatingData, n: int = 10) -> dict:
+    """Set our model's popularity weight (how served lists rank) on validation ratings: the served
+    stars plus w ln(1 + ratings), w with the best validation NDCG@n. For Trainer.fit(calibrate=...)."""
+    w, record = tuned_popularity_weight(served_stars(rec), train, valid, n, rec.model.config.seed)
+    rec.model.config.popularity_weight = w
+    return {"popularity_weight": record}
 
 
 def _by_user(user: np.ndarray, item: np.ndarray, n_users: int) -> dict[int, np.ndarray]:
