@@ -92,7 +92,9 @@ def plot(results: dict, out: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in results["runs"].items():
         ys = r["valid_rmse_per_round"]
-        ax.plot(range(1, len(ys) + 1), ys, marker=".", label=f"{name} (frozen {r['valid_rmse_frozen']:.4f})")
+        frozen = r["valid_rmse_frozen"]
+        label = f"{name} (frozen {frozen:.4f})" if frozen is not None else f"{name} (unfinished)"
+        ax.plot(range(1, len(ys) + 1), ys, marker=".", label=label)
     ax.set_xlabel("round")
     ax.set_ylabel("validation RMSE (stars)")
     ax.set_title(f"ablation on {results['data']} {results['split']}: validation RMSE per round")
