@@ -99,8 +99,9 @@ def test_time_ordered_protocols_refuse_untimed_data(tmp_path, mirror):
 
 def test_cli_refusal_is_one_line(tmp_path, mirror, capsys):
     flags = ["--data", NAME, "--data-cache", str(tmp_path / "cache"), "--data-mirror", str(mirror)]
-    assert main(["evaluate", "--protocol", "prequential", "--no-model", "--baselines", "bias-only", *flags]) == 1
-    assert "has no timestamps" in capsys.readouterr().err
+    assert main(["evaluate", "--protocol", "prequential", "--no-model", "--baselines", "bias-only", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "has no timestamps" in err and len(err.strip().splitlines()) == 1
 
 
 def test_no_time_leaves_the_rating_context_empty():
