@@ -175,13 +175,7 @@ class Trainer:
 
         on_round: called after each round (a tuner reports the validation RMSE and may raise to stop)."""
         cfg = self.config
-        train_part, valid_part = self._hold_out_validation(data)
-        td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
-        if td.biases is not None:
-            self.model.predictor.global_mean.fill_(td.biases.mean)
-        state = self._initial_state(td)
-        eligible = self._eligible_rows(td)
-        self._set_schedule(len(eligible))
+        train_part, valid_part, td, state, eligible = self._prepare(data)
         if resume and checkpoint is not None and checkpoint.exists():
             state = self._load_checkpoint(checkpoint)
             log(f"resumed from {checkpoint} after round {state.round}")
@@ -211,6 +205,19 @@ class Trainer:
         report = {"rounds": state.history}
         recommender = self._freeze(data, train_part, valid_part, td, state, report, log)
         return recommender, report
+
+    def _prepare(self, data: RatingData) -> tuple[RatingData, RatingData | None, TrainingData, TrainState,
+                                                  torch.Tensor]:
+        """(training part, validation part, training tensors, initial state, eligible rows); sets the schedule."""
+        cfg = self.config
+        train_part, valid_part = self._hold_out_validation(data)
+        td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
+        if td.biases is not None:
+            self.model.predictor.global_mean.fill_(td.biases.mean)
+        state = self._initial_state(td)
+        eligible = self._eligible_rows(td)
+        self._set_schedule(len(eligible))
+        return train_part, valid_part, td, state, eligible
 
     # ---- one round of network training --------------------------------------------------------
     def _train_round(self, td: TrainingData, records: dict, eligible: torch.Tensor, bar) -> tuple[float, float]:
@@ -424,12 +431,7 @@ class Trainer:
     def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
                 td: TrainingData, state: TrainState, report: dict, log) -> Recommender:
         """Recompute every vector with the frozen encoders as serving does, fit cold start."""
-        self.model.eval()
-        cpu_model = self.model.cpu()
-        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
-        rec = Recommender(cpu_model, self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
-                          tables["item"].numpy(), td.features["user"].cpu().numpy(),
-                          td.features["item"].cpu().numpy(), seed=self.config.seed)
+        rec = self._recommender(data, td, state)
         self._fold_in_all(rec, train_part)
         if valid_part is not None and len(valid_part):
             rmse = rmse_of(rec, valid_part)
@@ -439,6 +441,14 @@ class Trainer:
         rec.history = History(data.user, data.item, data.rating, data.ts)
         self.model.to(self.device)
         return rec
+
+    def _recommender(self, data: RatingData, td: TrainingData, state: TrainState) -> Recommender:
+        """A recommender of the model (moved to the CPU, eval mode) with the training tables as its vectors."""
+        self.model.eval()
+        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
+        return Recommender(self.model.cpu(), self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
+                           tables["item"].numpy(), td.features["user"].cpu().numpy(),
+                           td.features["item"].cpu().numpy(), seed=self.config.seed)
 
     def _fold_in_all(self, rec: Recommender, data: RatingData) -> None:
         counts = {}
