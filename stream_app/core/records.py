@@ -69,7 +69,7 @@ def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Gener
     width = max(int(available.max()) if b else 0, 1)
     keys = torch.rand(b, k, width, generator=generator)
     slot = torch.arange(width)
-    keys = keys.masked_fill(slot >= available.view(b, 1, 1), -1.0)
+    keys.masked_fill_(slot >= available.view(b, 1, 1), -1.0)  # in place: keys is [B, k, widest group]
     take = min(m, width)
     pos = keys.topk(take, dim=-1).indices  # distinct positions, valid ones first
     if take < m:
