@@ -9,7 +9,8 @@ its peak memory is its own (an address-space cap, --mem-cap-gb, kills only that 
   per epoch projected from them (an epoch = ceil(eligible ratings / batch size) steps, which is
   what epochs_per_round=1 trains per round); one refinement round (both sides) timed in full;
   fold-in vectors/s over --foldin-sample users and items (fold_in_dataset, as freezing does; the
-  freeze of the whole model is projected from it: every entity folded in twice); top-10 latency
+  freeze of the whole model is projected from it: every entity folded in twice; the full run, default
+  rounds of one epoch + refinement each then the freeze, is projected too); top-10 latency
   over the whole catalogue (Recommender.recommend_for, median of --topn-users users); peak RSS of
   the process (data included) and per rating;
 - baselines, each in its own child: ALS-MF (one sweep timed, the 15-sweep fit projected; top-10 by
@@ -111,7 +112,9 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
     out["train"] = {"eligible_ratings": len(eligible), "batch_size": cfg.batch_size,
                     "steps_per_epoch": steps_per_epoch, "steps_timed": args.steps, "seconds_per_step": step_seconds,
                     "seconds_per_epoch": step_seconds * steps_per_epoch, "epoch_projected": True,
-                    "refinement_seconds": refine_seconds, "peak_mib": peak_mib()}
+                    "refinement_seconds": refine_seconds, "peak_mib": peak_mib(),
+                    # a step samples subsets with [batch, train_k, widest group in the batch] random keys
+                    "widest_group": {side: int(td.groups[side].count.max()) for side in SIDES}}
     del records
     rec = trainer._recommender(data, td, state)
     out["foldin"] = {side: foldin_rate(rec, data, side, args.foldin_sample, fold_in_dataset) for side in SIDES}
@@ -121,6 +124,11 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
     out["foldin"]["entities"] = n_entities
     rec.history = _history(data)
     out["top10"] = topn_latency(lambda u: rec.recommend_for(u, 10), n_users, args.topn_users)
+    rounds = ModelConfig().rounds
+    out["full_run_projected"] = {
+        "rounds": rounds, "epochs_per_round": ModelConfig().epochs_per_round,
+        "seconds": (rounds * (out["train"]["seconds_per_epoch"] + refine_seconds)
+                    + out["foldin"]["freeze_seconds_projected"])}
     out["peak_mib"] = process_peak_mib()
     out["threads"] = torch.get_num_threads()
     return out
@@ -252,7 +260,7 @@ def _fmt(x, spec: str) -> str:
 
 def table(results: dict) -> str:
     head = (f"{'size':>15} {'ratings':>9} {'system':>10} {'peak MiB':>9} {'B/rating':>9} {'s/epoch':>9} "
-            f"{'refine s':>9} {'fold-in/s':>9} {'top10 ms':>9}")
+            f"{'refine s':>9} {'fold-in/s':>9} {'top10 ms':>9} {'full run h':>10}")
     lines = [head, "-" * len(head)]
     for size, systems in results["sizes"].items():
         for name, r in systems.items():
@@ -262,10 +270,12 @@ def table(results: dict) -> str:
             ratings = r["generate"]["ratings"]
             epoch = r.get("train", r).get("seconds_per_epoch")
             foldin = r.get("foldin", {}).get("user", {}).get("vectors_per_second")
+            full = r["full_run_projected"]["seconds"] if "full_run_projected" in r else r.get("fit_seconds_projected")
+            hours = None if full is None else full / 3600
             lines.append(f"{size:>15} {ratings:>9} {name:>10} {_fmt(r['peak_mib'], '.0f'):>9} "
                          f"{_fmt(per_rating(r['peak_mib'], ratings), '.0f'):>9} {_fmt(epoch, '.1f'):>9} "
                          f"{_fmt(r.get('train', {}).get('refinement_seconds'), '.1f'):>9} {_fmt(foldin, '.0f'):>9} "
-                         f"{_fmt(r.get('top10', {}).get('median_ms'), '.2f'):>9}")
+                         f"{_fmt(r.get('top10', {}).get('median_ms'), '.2f'):>9} {_fmt(hours, '.1f'):>10}")
     return "\n".join(lines)
 
 

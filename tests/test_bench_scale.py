@@ -27,11 +27,12 @@ def test_autorec_item_sample_keeps_every_user_and_only_the_sampled_items():
 def test_table_has_a_row_per_size_and_system_with_bytes_per_rating_and_skips():
     ours = {"generate": {"ratings": 2**20}, "peak_mib": 300.0,
             "train": {"seconds_per_epoch": 12.5, "refinement_seconds": 3.0},
-            "foldin": {"user": {"vectors_per_second": 900.0}}, "top10": {"median_ms": 4.0}}
+            "foldin": {"user": {"vectors_per_second": 900.0}}, "top10": {"median_ms": 4.0},
+            "full_run_projected": {"seconds": 5400.0}}
     results = {"sizes": {"10x5": {"ours": ours, "i-autorec": {"skipped": "child exited -9"}}}}
     lines = bench.table(results).splitlines()
     assert len(lines) == 4
-    assert lines[2].split() == ["10x5", "1048576", "ours", "300", "300", "12.5", "3.0", "900", "4.00"]
+    assert lines[2].split() == ["10x5", "1048576", "ours", "300", "300", "12.5", "3.0", "900", "4.00", "1.5"]
     assert "skipped: child exited -9" in lines[3]
 
 
