@@ -319,7 +319,9 @@ def plot(results: dict, out: Path) -> Path:
     axes[1].set_yscale("log")
     axes[0].axhline(512, color="grey", linestyle="--", linewidth=1)
     quick = "QUICK RUN: " if results["quick"] else ""
-    fig.suptitle(f"{quick}scale, synthetic data, 1 torch thread, load {results['load_before'][0]:.1f}")
+    loads = [results["load_before"][0]] + [r["load_after"][0] for s in results["sizes"].values() for r in s.values()]
+    fig.suptitle(f"{quick}scale, synthetic data, 1 torch thread; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+                 f"on {results['cpus']} CPUs")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
