@@ -1,9 +1,11 @@
 """Grouping ratings per entity and sampling random M-subsets of them, vectorised in torch.
 
-Records of all entities live in one flat tensor; an entity's records are the contiguous slice
-[start, start + count) (CSR layout). Sampling draws M distinct positions per subset; an entity
-with fewer than M ratings fills the missing slots with replacement and marks them in `mask`
-(the set encoder ignores masked slots, the concat encoder sees the repeats).
+Records of all entities are one flat sequence; an entity's records are the contiguous slice
+[start, start + count) (CSR layout): a tensor, or in training a LazyRecords that gathers the rows
+a step asks for from per-entity and per-rating tables (never all records at once). Sampling draws
+M distinct positions per subset; an entity with fewer than M ratings fills the missing slots with
+replacement and marks them in `mask` (the set encoder ignores masked slots, the concat encoder
+sees the repeats).
 """
 
 from __future__ import annotations
@@ -35,6 +37,26 @@ class Groups:
         return cls(*(torch.from_numpy(a) for a in (rows, start, count, position)))
 
 
+class LazyRecords:
+    """Flat records of one side's entities in group order, built only for the positions asked for.
+
+    Record p = [entity_part[other[rows[p]]], row_part[rows[p]]]: the other side's per-entity part
+    (its ID vector, bias, data) and the rating's own part (context, rates). Memory: the two tables,
+    not n_ratings x record width; `records[index]` for an index of any shape gives [*index.shape, D].
+    """
+
+    def __init__(self, rows: torch.Tensor, other: torch.Tensor, entity_part: torch.Tensor, row_part: torch.Tensor):
+        self.rows, self.other, self.entity_part, self.row_part = rows, other, entity_part, row_part
+        self.device = row_part.device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        row = self.rows[index]
+        return torch.cat([self.entity_part[self.other[row]], self.row_part[row]], dim=-1)
+
+
 def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Generator,
                      exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw k subsets of m positions for each of B entities.
@@ -47,7 +69,7 @@ def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Gener
     width = max(int(available.max()) if b else 0, 1)
     keys = torch.rand(b, k, width, generator=generator)
     slot = torch.arange(width)
-    keys = keys.masked_fill(slot >= available.view(b, 1, 1), -1.0)
+    keys.masked_fill_(slot >= available.view(b, 1, 1), -1.0)  # in place: keys is [B, k, widest group]
     take = min(m, width)
     pos = keys.topk(take, dim=-1).indices  # distinct positions, valid ones first
     if take < m:
@@ -98,10 +120,10 @@ def encode_entities(encoder: torch.nn.Module, records: torch.Tensor, start: torc
     return encoder(records[index], mask)
 
 
-def subset_index(start: torch.Tensor, pos: torch.Tensor, records: torch.Tensor) -> torch.Tensor:
+def subset_index(start: torch.Tensor, pos: torch.Tensor, records: torch.Tensor | LazyRecords) -> torch.Tensor:
     """Row numbers into `records` of sampled positions (sampling runs on the CPU)."""
     index = start.cpu().view(-1, 1, 1) + pos
-    return index.clamp(max=max(records.shape[0] - 1, 0)).to(records.device)
+    return index.clamp(max=max(len(records) - 1, 0)).to(records.device)
 
 
 def pack_record_sets(sets: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from stream_app.core.config import ModelConfig
 from stream_app.core.foldin import SIDES, History, Recommender, other
 from stream_app.core.model import AEVecModel
-from stream_app.core.records import Groups, sample_positions, subset_index
+from stream_app.core.records import Groups, LazyRecords, sample_positions, subset_index
 from stream_app.data.dataset import RatingData
 
 FOLDIN_PRIORS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0)  # fold-in priors tried on validation ratings
@@ -81,8 +81,10 @@ class TrainingData:
         t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
         self.entity = {"user": t(data.user), "item": t(data.item)}
         self.features = {"user": t(schema.user_matrix(data)).float(), "item": t(schema.item_matrix(data)).float()}
-        self.context = t(schema.encode_context(data.ts)).float()
-        self.rates = t(schema.encode_rates(data.rating)).float()
+        # The rating's own part of its records, [context, rates] per rating row; context and rates are views.
+        self.row_part = t(np.concatenate([schema.encode_context(data.ts), schema.encode_rates(data.rating)],
+                                         axis=1)).float()
+        self.context, self.rates = self.row_part[:, :schema.context_dim], self.row_part[:, schema.context_dim:]
         # Shuffled inside each group, so that the first c positions of a group are a random pool.
         rng = np.random.default_rng(seed)
         self.groups = {"user": Groups.build(data.user, data.n_users, rng),
@@ -91,23 +93,15 @@ class TrainingData:
         for g in self.groups.values():
             g.rows = g.rows.to(device)
         self.biases = None if bias_reg is None else EntityBiases.fit(self, bias_reg)
-        # Static part of each rating's record, seen from each side: [(other bias), other data, context, rates]
-        self.static = {side: torch.cat(self._bias_column(other(side), self.entity[other(side)]) +
-                                       [self.features[other(side)][self.entity[other(side)]], self.context,
-                                        self.rates], dim=1) for side in SIDES}
 
-    def _bias_column(self, side: str, index: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """[the biases of `side`'s entities at index (all without) as a column], or [] without biases."""
-        if self.biases is None:
-            return []
-        b = self.biases.bias[side]
-        return [(b if index is None else b[index]).unsqueeze(1)]
-
-    def records(self, side: str, tables: dict) -> torch.Tensor:
-        """Flat records of `side`'s entities in group order: [other side's ID vector, static part]."""
-        rows = self.groups[side].rows
+    def records(self, side: str, tables: dict) -> LazyRecords:
+        """Flat records of `side`'s entities in group order, [other side's ID vector, (its bias), its data,
+        context, rates], gathered per step. The other side's part is copied from `tables` now (entities
+        x width), so refining the vectors in place does not change this round's records."""
         o = other(side)
-        return torch.cat([tables[o][self.entity[o][rows]], self.static[side][rows]], dim=1)
+        bias = [] if self.biases is None else [self.biases.bias[o].unsqueeze(1)]
+        entity_part = torch.cat([tables[o], *bias, self.features[o]], dim=1)
+        return LazyRecords(self.groups[side].rows, self.entity[o], entity_part, self.row_part)
 
     def vectors(self, side: str, codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """ID vectors from codes: with biases, the bias appended, leaving out rating `rows` when given
@@ -189,13 +183,7 @@ class Trainer:
         training part only, that part and the validation ratings, to set serving constants (e.g. the
         popularity weight) on them; what it returns goes into the report."""
         cfg = self.config
-        train_part, valid_part = self._hold_out_validation(data)
-        td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
-        if td.biases is not None:
-            self.model.predictor.global_mean.fill_(td.biases.mean)
-        state = self._initial_state(td)
-        eligible = self._eligible_rows(td)
-        self._set_schedule(len(eligible))
+        train_part, valid_part, td, state, eligible = self._prepare(data)
         if resume and checkpoint is not None and checkpoint.exists():
             state = self._load_checkpoint(checkpoint)
             log(f"resumed from {checkpoint} after round {state.round}")
@@ -225,6 +213,19 @@ class Trainer:
         report = {"rounds": state.history}
         recommender = self._freeze(data, train_part, valid_part, td, state, report, log, calibrate)
         return recommender, report
+
+    def _prepare(self, data: RatingData) -> tuple[RatingData, RatingData | None, TrainingData, TrainState,
+                                                  torch.Tensor]:
+        """(training part, validation part, training tensors, initial state, eligible rows); sets the schedule."""
+        cfg = self.config
+        train_part, valid_part = self._hold_out_validation(data)
+        td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
+        if td.biases is not None:
+            self.model.predictor.global_mean.fill_(td.biases.mean)
+        state = self._initial_state(td)
+        eligible = self._eligible_rows(td)
+        self._set_schedule(len(eligible))
+        return train_part, valid_part, td, state, eligible
 
     # ---- one round of network training --------------------------------------------------------
     def _train_round(self, td: TrainingData, records: dict, eligible: torch.Tensor, bar) -> tuple[float, float]:
@@ -321,15 +322,16 @@ class Trainer:
 
     # ---- ID refinement ----------------------------------------------------------------------
     @torch.no_grad()
-    def _refine(self, td: TrainingData, side: str, records: torch.Tensor, tables: dict,
+    def _refine(self, td: TrainingData, side: str, records: LazyRecords, tables: dict,
                 loo: dict) -> tuple[float, float]:
         """Move every vector toward the mean of K codes, minus the common drift (breathing).
 
-        Also stores in loo[side] each training rating's leave-one-out vector: the mean of the
-        codes of the subsets that did not contain it, as serving would see without that rating.
-        Returns (convergence = mean move / mean norm, spread = mean per-dimension std)."""
+        When a later step uses them (_needs_loo), also stores in loo[side] each training rating's
+        leave-one-out vector: the mean of the codes of the subsets that did not contain it, as serving
+        would see without that rating. Returns (convergence = mean move / mean norm, spread = mean
+        per-dimension std)."""
         self.model.eval()
-        targets, has, loo_targets = self._targets(td, side, records)
+        targets, has, loo_targets = self._targets(td, side, records, with_loo=self._needs_loo())
         table = tables[side]
         drift = (targets[has] - table[has]).mean(dim=0) if self.config.breathing else torch.zeros_like(table[0])
         step = targets[has] - drift - table[has]
@@ -337,7 +339,10 @@ class Trainer:
         center, whiten = self._whitening(table[has])
         table[has] = center + (table[has] - center) @ whiten
         self.model.set_breathing(side, drift, center, whiten)
-        loo[side] = self.model.to_vector(side, loo_targets)
+        if loo_targets is not None:
+            for chunk in loo_targets.split(self.LOO_CHUNK):  # in place: no second [n_ratings, N] tensor
+                chunk.copy_(self.model.to_vector(side, chunk))
+            loo[side] = loo_targets
         self.model.train()
         convergence = float(step.norm(dim=1).mean() / table[has].norm(dim=1).mean().clamp(min=1e-8))
         return convergence, float(table[has].std(dim=0).mean())
@@ -358,14 +363,22 @@ class Trainer:
         inv_sqrt = evals.clamp(min=1e-6 * float(evals.max())).rsqrt()
         return center, ((evecs * (inv_sqrt * target_std)) @ evecs.T).float()
 
-    def _targets(self, td: TrainingData, side: str, records: torch.Tensor, budget: int = 2_000_000):
-        """Mean of K codes for every entity with ratings, and per rating row the mean of the codes
-        whose subsets left it out. Entities are sorted by count so chunks pad tightly."""
+    def _needs_loo(self) -> bool:
+        """Whether a step reads the leave-one-out vectors: the calibration loss or the seeds' predictor."""
+        return self.config.calibrate_weight > 0 or self.config.objective == "reconstruct"
+
+    LOO_CHUNK = 1 << 20  # rating rows per piece when turning code sums into leave-one-out vectors in place
+
+    def _targets(self, td: TrainingData, side: str, records: LazyRecords, budget: int = 2_000_000,
+                 with_loo: bool = True):
+        """Mean of K codes for every entity with ratings, and (with_loo) per rating row the mean of the
+        codes whose subsets left it out, else None. Entities are sorted by count so chunks pad tightly."""
         g, cfg = td.groups[side], self.config
         n_dim, k = cfg.n_dim, cfg.k_samples
         targets = torch.zeros(td.size[side], n_dim, device=self.device)
-        code_sum_with = torch.zeros(len(td.rates), n_dim, device=self.device)  # by group position
-        times_used = torch.zeros(len(td.rates), device=self.device)
+        # per rating row: the sum of the codes whose subsets contained it, and how many did
+        code_sum_with = torch.zeros(len(td.rates), n_dim, device=self.device) if with_loo else None
+        times_used = torch.zeros(len(td.rates), device=self.device) if with_loo else None
         order = torch.nonzero(g.count > 0).flatten()
         order = order[torch.argsort(g.count[order])]
         i = 0
@@ -378,26 +391,28 @@ class Trainer:
             mask = mask.to(self.device)
             codes = self._encode_index(side, records, index, mask)  # [B, k, N]
             targets[chunk.to(self.device)] = codes.mean(dim=1)
-            used = index[mask]  # each valid slot once: positions in a subset are distinct
-            code_per_slot = codes.unsqueeze(2).expand(-1, -1, index.shape[2], -1)[mask]
-            code_sum_with.index_add_(0, used, code_per_slot)
-            times_used.index_add_(0, used, torch.ones_like(used, dtype=times_used.dtype))
+            if with_loo:
+                used = g.rows[index[mask]]  # rating rows; each valid slot once: positions in a subset are distinct
+                code_per_slot = codes.unsqueeze(2).expand(-1, -1, index.shape[2], -1)[mask]
+                code_sum_with.index_add_(0, used, code_per_slot)
+                times_used.index_add_(0, used, torch.ones_like(used, dtype=times_used.dtype))
             i += len(chunk)
-        # back from group order to rating rows
+        has = (g.count > 0).to(self.device)
+        if not with_loo:
+            return targets, has, None
         entity = td.entity[side]
-        rows = g.rows
-        total = targets[entity[rows]] * k
-        left_out = (k - times_used).clamp(min=1).unsqueeze(1)
-        loo_by_position = torch.where((times_used < k).unsqueeze(1), (total - code_sum_with) / left_out,
-                                      targets[entity[rows]])
-        loo = torch.empty_like(loo_by_position)
-        loo[rows] = loo_by_position
-        return targets, (g.count > 0).to(self.device), loo
+        for start in range(0, len(code_sum_with), self.LOO_CHUNK):  # in place, row chunk by row chunk
+            part = slice(start, start + self.LOO_CHUNK)
+            own, used = targets[entity[part]], times_used[part]
+            left_out = (k - used).clamp(min=1).unsqueeze(1)
+            code_sum_with[part] = torch.where((used < k).unsqueeze(1), (own * k - code_sum_with[part]) / left_out, own)
+        return targets, has, code_sum_with
 
-    def _encode_index(self, side: str, records: torch.Tensor, index: torch.Tensor, mask: torch.Tensor):
+    def _encode_index(self, side: str, records: LazyRecords, index: torch.Tensor, mask: torch.Tensor):
         encoder = self.model.encoder(side)
-        if hasattr(encoder, "pool_rows"):  # set encoder: embed each record once
-            return encoder.pool_rows(records, index, mask)
+        if hasattr(encoder, "pool_rows"):  # set encoder: gather and embed each record used once
+            rows, inverse = torch.unique(index, return_inverse=True)
+            return encoder.pool_rows(records[rows], inverse, mask)
         return encoder(records[index], mask)
 
     # ---- the seeds' recipe: predictor after refinement -------------------------------------------
@@ -424,12 +439,7 @@ class Trainer:
     def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
                 td: TrainingData, state: TrainState, report: dict, log, calibrate=None) -> Recommender:
         """Recompute every vector with the frozen encoders as serving does, fit cold start."""
-        self.model.eval()
-        cpu_model = self.model.cpu()
-        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
-        rec = Recommender(cpu_model, self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
-                          tables["item"].numpy(), td.features["user"].cpu().numpy(),
-                          td.features["item"].cpu().numpy(), seed=self.config.seed)
+        rec = self._recommender(data, td, state)
         has_valid = valid_part is not None and len(valid_part) > 0
         choose = has_valid and self.config.choose_on_validation
         self._fold_in_all(rec, train_part, valid_part if choose else None, report)
@@ -444,6 +454,14 @@ class Trainer:
         rec.history = History(data.user, data.item, data.rating, data.ts)
         self.model.to(self.device)
         return rec
+
+    def _recommender(self, data: RatingData, td: TrainingData, state: TrainState) -> Recommender:
+        """A recommender of the model (moved to the CPU, eval mode) with the training tables as its vectors."""
+        self.model.eval()
+        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
+        return Recommender(self.model.cpu(), self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
+                           tables["item"].numpy(), td.features["user"].cpu().numpy(),
+                           td.features["item"].cpu().numpy(), seed=self.config.seed)
 
     def _fold_in_all(self, rec: Recommender, data: RatingData, valid: RatingData | None = None,
                      report: dict | None = None) -> None:
