@@ -173,8 +173,9 @@ def noop_worker() -> None:
     batches of the ratings topic and only counts them (served as JSON on /count)."""
     from faust.worker import Worker
 
-    from stream_app.app import FastFetchApp, faust_config
     from stream_app.settings import Settings
+    from stream_app.worker.delivery import FastFetchApp
+    from stream_app.worker.topics import faust_config
 
     settings = Settings.from_env()
     config = dict(faust_config(settings), web_enabled=True, web_port=settings.web_port)  # Faust's web for /count
@@ -197,8 +198,8 @@ def noop_worker() -> None:
 
 def worker_topics(app_id: str) -> dict[str, str]:
     """Topics the worker names after its app id: the internal forward, the catalogue, the tables' changelogs."""
-    from stream_app.app import catalogue_topic, internal_topic
     from stream_app.settings import Settings
+    from stream_app.worker.topics import catalogue_topic, internal_topic
 
     settings = Settings(app_id=app_id)
     return {"item-updates": internal_topic(settings), "catalogue": catalogue_topic(settings),

@@ -53,6 +53,9 @@ class Settings:
     window_item: int = _setting(64, "recent ratings kept per item for fold-in", "stream")
     top_n: int = _setting(10, "default length of recommendation lists", "stream")
     recommend_on_rating: bool = _setting(True, "publish a fresh top-N after each rating of a user", "stream")
+    recommend_interval: float = _setting(
+        0.0, "at least this many seconds between two top-N lists published for one user's ratings (0 = one after "
+        "every batch that applied ratings of the user; recommend-requests are always answered)", "stream")
     batch_size: int = _setting(256, "events folded in per encoder call (stream.take)", "stream")
     batch_timeout: float = _setting(
         0.01, "seconds to wait for a batch to fill (a busy worker fills its batches anyway; this bounds the wait "

@@ -1,4 +1,4 @@
-"""`recsys worker`: run the Faust streaming worker (the same app as `faust -A stream_app.app worker`)."""
+"""`recsys worker`: run the Faust streaming worker (the same app as `faust -A stream_app.worker.app worker`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(sub):
 def run(args) -> int:
     from faust.worker import Worker
 
-    from stream_app.app import create_app
+    from stream_app.worker.app import create_app
 
     settings = settings_from_args(args)
     app = create_app(settings)

@@ -187,8 +187,9 @@ def raw_text(raw: bytes | None, limit: int = RAW_TEXT_LIMIT) -> str | None:
     return text
 
 
-def plain_floats(vector) -> list[float]:
-    return [_finite(x) for x in vector]
+def plain_floats(vector, decimals: int = 6) -> list[float]:
+    """JSON numbers of a (float32) vector: finite, rounded (float32 holds ~7 significant digits)."""
+    return [round(_finite(x), decimals) for x in vector]
 
 
 def _finite(x) -> float:
