@@ -56,6 +56,11 @@ class Settings:
     recommend_interval: float = _setting(
         0.0, "at least this many seconds between two top-N lists published for one user's ratings (0 = one after "
         "every batch that applied ratings of the user; recommend-requests are always answered)", "stream")
+    topn_exact_items: int = _setting(
+        2000, "catalogues of at most this many items are scored exactly for top-N lists; larger ones in two "
+        "stages: a dot-product candidate score over every item, the full predictor on TOPN_CANDIDATES of them",
+        "stream")
+    topn_candidates: int = _setting(128, "items re-ranked with the full predictor in two-stage top-N", "stream")
     batch_size: int = _setting(256, "events folded in per encoder call (stream.take)", "stream")
     batch_timeout: float = _setting(
         0.01, "seconds to wait for a batch to fill (a busy worker fills its batches anyway; this bounds the wait "

@@ -174,3 +174,19 @@ def test_streamed_item_counts_reach_the_ranking(rec, svc, monkeypatch):
     svc.catalogue.upsert("hit", count=1e6)  # as a catalogue entry from another worker would set it
     monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
     assert svc.recommend("stranger", None, n=1, ts=1.7e9)[0][0] == "hit" and before > 0
+
+
+def test_two_stage_top_n_finds_the_exact_lists_and_excludes_rated_items(rec):
+    from stream_app.core.candidates import TwoStage, recall_at
+
+    exact = FoldInService(rec, window_user=8, window_item=8)
+    two = FoldInService(rec, window_user=8, window_item=8, two_stage=TwoStage(exact_max=0, probes=30, candidates=20))
+    queries = [Query(rec.ids["user"][k], exact.bootstrap_state("user", rec.ids["user"][k]), 5, 1.7e9)
+               for k in range(20)]
+    got, want = two.recommend_many(queries), exact.recommend_many(queries)
+    assert recall_at(5, got, want) >= 0.9
+    for q, top in zip(queries, got, strict=True):
+        assert len(top) == 5 and not {i for i, _ in top} & st.rated_ids(q.state)
+        ranks = rec.rank_scores(np.array([s for _, s in top]), two.catalogue.counts[[two.catalogue.index_of(i)
+                                                                                      for i, _ in top]])
+        assert list(ranks) == sorted(ranks, reverse=True)

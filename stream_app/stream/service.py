@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream_app.core import candidates as cs
+from stream_app.core.candidates import probe_rows
 from stream_app.core.catalogue import Catalogue
 from stream_app.core.foldin import Recommender
 from stream_app.stream.state import (
@@ -49,8 +51,10 @@ class Query:
 
 
 class FoldInService:
-    def __init__(self, recommender: Recommender, window_user: int = 64, window_item: int = 64):
+    def __init__(self, recommender: Recommender, window_user: int = 64, window_item: int = 64,
+                 two_stage: cs.TwoStage | None = None):
         self.rec = recommender
+        self.two_stage = two_stage or cs.TwoStage()
         self.schema = recommender.schema
         self.model_version = recommender.model_version
         self.window = {"user": int(window_user), "item": int(window_item)}
@@ -63,7 +67,8 @@ class FoldInService:
 
     @classmethod
     def from_settings(cls, recommender: Recommender, settings) -> FoldInService:
-        return cls(recommender, settings.window_user, settings.window_item)
+        return cls(recommender, settings.window_user, settings.window_item,
+                   cs.TwoStage(exact_max=settings.topn_exact_items, candidates=settings.topn_candidates))
 
     @property
     def n_dim(self) -> int:
@@ -230,6 +235,8 @@ class FoldInService:
         n_items = len(self.catalogue)
         if n_items == 0 or not queries:
             return [[] for _ in queries]
+        if self.two_stage.applies(n_items):
+            return self._recommend_two_stage(queries)
         ids = self.catalogue.ids
         items = self.catalogue.derived("predictor_items", self.rec.item_part)
         per_call = max(1, ROWS_PER_PREDICT // n_items)
@@ -242,6 +249,32 @@ class FoldInService:
             for q, row in zip(part, scores, strict=True):
                 top = self.rec.top_n(row, counts, int(q.n), self.excluded_rows(q.user_id, q.state))
                 results.append([(ids[i], stars) for i, stars in top])
+        return results
+
+    def _recommend_two_stage(self, queries: list[Query]) -> list[list[tuple[str, float]]]:
+        """Top-n over a large catalogue: candidates by a dot-product score, exact scores for them only
+        (core/candidates.py)."""
+        cat, rec, plan = self.catalogue, self.rec, self.two_stage
+        vectors, features, counts, ids = cat.vectors, cat.features, cat.counts, cat.ids
+        prior = cat.derived("popularity_prior", lambda v, f: rec.rank_scores(np.zeros(len(v), np.float32),
+                                                                             cat.counts).astype(np.float32))
+        probes = probe_rows(len(cat), plan.probes, plan.seed)
+        uv = np.stack([self.user_vector(q.user_id, q.state) for q in queries])
+        ud = np.stack([self.features("user", q.user_id, q.state) for q in queries])
+        ts = np.asarray([q.ts for q in queries], np.float64)
+        pv, pf = vectors[probes], features[probes]
+        weights = cs.fit_weights(cs.basis(pv, pf), rec.score_items(rec.item_part(pv, pf), uv, ud, ts))
+        exclude = [np.fromiter(self.excluded_rows(q.user_id, q.state), np.int64) for q in queries]
+        k = max(plan.candidates, max(int(q.n) for q in queries))
+        rows = cs.candidate_rows(cat.derived("candidate_basis", cs.basis), weights, prior, k, exclude)
+        results = []
+        for b, (q, cand) in enumerate(zip(queries, rows, strict=True)):
+            if not len(cand):
+                results.append([])
+                continue
+            stars = rec.score_items(rec.item_part(vectors[cand], features[cand]), uv[b:b + 1], ud[b:b + 1],
+                                    ts[b:b + 1])[0]
+            results.append([(ids[cand[i]], s) for i, s in rec.top_n(stars, counts[cand], int(q.n))])
         return results
 
 
