@@ -249,8 +249,8 @@ class Run:
     """One worker configuration on its own topics, app id and store."""
 
     def __init__(self, kind: str, broker, artifacts: Path, tmp: Path, tag: str):
-        """kind: noop, rec-off or rec-on, then any number of +batch (RECSYS_PRODUCER_BATCHING on: what a real
-        Kafka deployment can use; tansu's end offsets break changelog recovery with it) or +SETTING=VALUE
+        """kind: noop, rec-off or rec-on, then any number of +batch / +nobatch (RECSYS_PRODUCER_BATCHING on / off;
+        default: the setting's default) or +SETTING=VALUE
         (RECSYS_SETTING=VALUE for this worker), then optionally @REV: the service code of git revision REV
         (see baseline())."""
         from stream_app.broker import free_port
@@ -271,7 +271,8 @@ class Run:
                         RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
                         RECSYS_APP_ID=self.prefix, RECSYS_PARTITIONS=str(PARTITIONS),
                         RECSYS_RECOMMEND_ON_RATING="true" if self.base == "rec-on" else "false",
-                        RECSYS_PRODUCER_BATCHING="true" if "batch" in options else "false",
+                        **({"RECSYS_PRODUCER_BATCHING": "true"} if "batch" in options else
+                           {"RECSYS_PRODUCER_BATCHING": "false"} if "nobatch" in options else {}),
                         **{f"RECSYS_TOPIC_{k.upper().replace('-', '_').replace('RECOMMEND_REQUESTS', 'REQUESTS')}": v
                            for k, v in self.topics.items()},
                         **{f"RECSYS_{k.upper()}": v for k, v in overrides.items()})
@@ -415,7 +416,7 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
             break
         if time.time() > deadline:
             raise RuntimeError(f"{run.kind}: {done}/{n} ratings after {timeout:.0f} s; see {run.log_path}")
-        time.sleep(0.05)
+        time.sleep(0.2)  # polling /metrics costs the worker CPU too
     if spy is not None:
         stop_profile(spy, log)
     elapsed = now - first[0]

@@ -2,8 +2,11 @@
 
 Faust acknowledges and commits input offsets on its own terms; these overrides of its aiokafka consumer
 make the worker at-least-once end to end: every input event is processed by an agent, and everything it
-produces is delivered, before its offset is committed. The guarantees, in the order an event meets them:
+produces is delivered, before its offset is committed. The guarantees, in the order an event meets them
+(0 is the precondition of exact tables):
 
+0. A table recovers its changelog up to the true end, even on a broker (tansu) whose ListOffsets reports the
+   first offset of a partition's last record batch: `_ConsumerThread._highwaters`. So the producer may batch.
 1. A table write goes to the changelog (and RocksDB) partition of the entity's own key, even inside a
    `take_events` batch where Faust tracks no current event: `event_context`.
 2. An input event counts as acknowledged only once an agent has handled it (applied, dead-lettered or
@@ -28,6 +31,7 @@ depend on faust-streaming internals: pyproject.toml pins the minor version they 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -67,6 +71,42 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms  # read when its fetcher starts
         return consumer
+
+    async def _highwaters(self, partitions):
+        # (0) Changelog end offsets from a fetch, not from ListOffsets alone: tansu answers ListOffsets(latest)
+        # with the base offset of a partition's last record batch + 1, so with batched writes Faust would
+        # recover a changelog only up to the first record of its last batch (losing the rest) and then refuse
+        # a local store "ahead" of it. A fetch response carries the true high watermark. On Kafka both agree.
+        listed = dict(await super()._highwaters(partitions))
+        changelogs = self.consumer.app.tables.changelog_topics
+        probe_tps = [tp for tp in listed if tp.topic in changelogs]
+        if not probe_tps:
+            return listed
+        fetched = await fetched_highwaters(self.consumer.app, {tp: listed[tp] for tp in probe_tps})
+        return {tp: max(offset, fetched.get(tp, 0)) for tp, offset in listed.items()}
+
+
+async def fetched_highwaters(app, listed: dict, timeout: float = 10.0) -> dict:
+    """The high watermark of each partition as a fetch response reports it (read from just before `listed`)."""
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in app.conf.broker_consumer)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
+    await probe.start()
+    try:
+        tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in listed}
+        probe.assign(list(tps.values()))
+        for tp, ktp in tps.items():
+            probe.seek(ktp, max(int(listed[tp]) - 1, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(probe.highwater(k) is None for k in tps.values()) and loop.time() < deadline:
+            await probe.getmany(timeout_ms=100)
+        return {tp: probe.highwater(k) or 0 for tp, k in tps.items()}
+    finally:
+        await probe.stop()
 
 
 class Consumer(faust_aiokafka.Consumer):
