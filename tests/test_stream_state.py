@@ -137,3 +137,19 @@ def test_an_unknown_encoding_version_is_refused():
     raw[3] = 99
     with pytest.raises(ValueError, match="version 99"):
         codec.decode_row(bytes(raw))
+
+
+def test_the_row_cache_returns_a_row_only_for_the_bytes_it_was_written_as():
+    cache = codec.RowCache(size=2)
+    row = item_row(3)
+    raw = codec.encode_row(row)
+    cache.put("i1", raw, row)
+    assert cache.take("i1", raw) is row  # the same bytes: the decoded row itself
+    assert cache.take("i1", raw) is not row and cache.take("i1", raw) == row  # taken: decoded again
+    cache.put("i1", raw, row)
+    other = codec.encode_row(item_row(4))
+    assert cache.take("i1", other) == codec.decode_row(other)  # stored bytes differ (another writer)
+    for key in ("a", "b", "c"):
+        cache.put(key, raw, row)
+    assert cache.take("a", raw) is not row and cache.take("c", raw) is row  # the oldest was dropped
+    assert cache.take("x", None) is None

@@ -40,6 +40,11 @@ def basis(vectors: np.ndarray, features: np.ndarray) -> np.ndarray:
     return np.hstack([vectors, features, np.ones((len(vectors), 1), np.float32)]).astype(np.float32)
 
 
+def basis_columns(vectors: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """basis() transposed, [d, n_items] and contiguous: `weights @ it` scores every item fastest."""
+    return np.ascontiguousarray(basis(vectors, features).T)
+
+
 @functools.lru_cache(maxsize=8)
 def probe_rows(n_items: int, probes: int, seed: int = 0) -> np.ndarray:
     """A fixed sample of catalogue rows (the same for a catalogue size; read-only)."""
@@ -57,18 +62,19 @@ def fit_weights(probe_basis: np.ndarray, probe_scores: np.ndarray) -> np.ndarray
     return np.linalg.solve(gram, x.T @ probe_scores.T.astype(np.float64)).T.astype(np.float32)
 
 
-def candidate_rows(all_basis: np.ndarray, weights: np.ndarray, prior: np.ndarray, k: int,
+def candidate_rows(columns: np.ndarray, weights: np.ndarray, prior: np.ndarray, k: int,
                    exclude: list[np.ndarray]) -> list[np.ndarray]:
-    """Per user, the k rows with the best candidate score (basis @ w + prior), skipping its excluded rows."""
-    scores = np.ascontiguousarray(weights) @ all_basis.T  # [B, n_items]
+    """Per user, the k rows with the best candidate score (basis @ w + prior), skipping its excluded rows;
+    columns: basis_columns() of every item."""
+    scores = np.ascontiguousarray(weights) @ columns  # [B, n_items]
     scores += prior
-    n_items, out = all_basis.shape[0], []
+    n_items, out = columns.shape[1], []
     for b in range(weights.shape[0]):
         s = scores[b]
         excluded = np.unique(exclude[b])
         s[excluded] = -np.inf
         kk = min(k, n_items - len(excluded))
-        out.append(np.argpartition(-s, kk - 1)[:kk] if kk > 0 else np.array([], dtype=np.int64))
+        out.append(np.argpartition(s, n_items - kk)[n_items - kk:] if kk > 0 else np.array([], dtype=np.int64))
     return out
 
 

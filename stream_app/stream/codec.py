@@ -101,9 +101,11 @@ def decode_row(raw: bytes | bytearray | memoryview | dict | None) -> EntityState
         pos += 4 * dim
     vectors = np.frombuffer(raw, "<f4", w * dim, pos).reshape(w, dim).copy() if h["raters"] else None
     feats = h["feats"]
-    window = [WindowEntry(other, opt_float(rates[2 * j]), opt_float(rates[2 * j + 1]), ts[j],
+    stars, thumbs = rates[0::2], rates[1::2]
+    window = [WindowEntry(other, None if stars[j] != stars[j] else stars[j],
+                          None if thumbs[j] != thumbs[j] else thumbs[j], ts[j],
                           None if vectors is None else vectors[j],
-                          None if feats is None else tuple((int(k), float(v)) for k, v in feats[j]))
+                          None if feats is None else tuple(map(tuple, feats[j])))
               for j, other in enumerate(h["ids"])]
     return EntityState(window=window, side=h["side"], vector=vector, n_ratings=int(h["n"]), seen=seen,
                        model_version=h["mv"])
@@ -112,12 +114,13 @@ def decode_row(raw: bytes | bytearray | memoryview | dict | None) -> EntityState
 def decode_legacy(d: dict) -> EntityState:
     """A row of the JSON encoding: {"window": [[other, stars, thumbs, ts(, packed vector, sparse)]], ...}."""
     window = []
-    for e in d.get("window") or ():
+    for other, stars, thumbs, ts, *rater in d.get("window") or ():  # rater: [packed vector, sparse] (item side)
         vector = features = None
-        if len(e) > 4:
-            vector = _legacy_vector(e[4])
-            features = tuple((int(k), float(v)) for k, v in (e[5] or ()))
-        window.append(WindowEntry(str(e[0]), opt_float(e[1]), opt_float(e[2]), float(e[3]), vector, features))
+        if rater:
+            packed, pairs = rater
+            vector = _legacy_vector(packed)
+            features = tuple((int(k), float(v)) for k, v in (pairs or ()))
+        window.append(WindowEntry(str(other), opt_float(stars), opt_float(thumbs), float(ts), vector, features))
     vector = d.get("vector")
     return EntityState(window=window, side=dict(d.get("side") or {}),
                        vector=None if vector is None else _legacy_vector(vector),
@@ -133,3 +136,31 @@ def _legacy_vector(value) -> np.ndarray:
 
 def _nan(x: float | None) -> float:
     return float("nan") if x is None else x
+
+
+class RowCache:
+    """Decoded rows this worker wrote last, so that a hot entity's row is not decoded again on every batch.
+
+    `take(key, raw)` returns the cached row only if the stored bytes are exactly the bytes it was written as
+    (a row written by another worker, or recovered from the changelog, is decoded again), and removes it:
+    the caller mutates the row, and `put` gives it back once written. A batch that fails in between leaves
+    nothing stale behind.
+    """
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._rows: dict[str, tuple[bytes, EntityState]] = {}
+        self.hits = self.misses = 0
+
+    def take(self, key: str, raw: bytes | None) -> EntityState | None:
+        hit = self._rows.pop(key, None)
+        if raw is not None and hit is not None and hit[0] == raw:
+            self.hits += 1
+            return hit[1]
+        self.misses += raw is not None
+        return decode_row(raw)
+
+    def put(self, key: str, raw: bytes, state: EntityState) -> None:
+        self._rows[key] = (raw, state)
+        if len(self._rows) > self.size:
+            del self._rows[next(iter(self._rows))]  # the oldest written

@@ -109,9 +109,9 @@ def process_items(batch: Prepared, rows: dict[str, st.EntityState | None], ctx: 
     republish = republish_duplicates(replay, states, dirty)
     for iid, event in dirty.items():
         out.writes[iid] = (states[iid], event)
-    for iid in {*vectors, *republish}:
+    for iid in dict.fromkeys([*vectors, *republish]):
         out.outputs.append(vector_output("item", iid, states[iid], ctx.model_version, tuple(sources.get(iid, ()))))
-    for iid in {*vectors, *republish, *side_only}:
+    for iid in dict.fromkeys([*vectors, *republish, *side_only]):
         if states[iid].vector is not None:
             out.outputs.append(Output("catalogue", iid, catalogue_entry(ctx.service, iid, states[iid])))
     ctx.metrics.catalogue_items.set(len(svc.catalogue))

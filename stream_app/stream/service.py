@@ -266,7 +266,7 @@ class FoldInService:
         weights = cs.fit_weights(cs.basis(pv, pf), rec.score_items(rec.item_part(pv, pf), uv, ud, ts))
         exclude = [np.fromiter(self.excluded_rows(q.user_id, q.state), np.int64) for q in queries]
         k = max(plan.candidates, max(int(q.n) for q in queries))
-        rows = cs.candidate_rows(cat.derived("candidate_basis", cs.basis), weights, prior, k, exclude)
+        rows = cs.candidate_rows(cat.derived("candidate_basis", cs.basis_columns), weights, prior, k, exclude)
         results = []
         for b, (q, cand) in enumerate(zip(queries, rows, strict=True)):
             if not len(cand):

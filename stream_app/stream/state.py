@@ -171,10 +171,14 @@ def to_sparse(features) -> Sparse:
 def to_dense(rows, width: int) -> np.ndarray:
     """[len(rows), width] float32 from rows of (index, value) pairs; indices outside the width are dropped."""
     out = np.zeros((len(rows), width), np.float32)
-    pairs = [(j, int(k), value) for j, row in enumerate(rows) for k, value in (row or ()) if 0 <= int(k) < width]
-    if pairs:
-        j, k, value = zip(*pairs, strict=True)
-        out[list(j), list(k)] = value
+    lengths = np.fromiter((len(row) if row else 0 for row in rows), np.int64, len(rows))
+    if not lengths.sum():
+        return out
+    pairs = np.array([pair for row in rows if row for pair in row], np.float64).reshape(-1, 2)
+    where = np.repeat(np.arange(len(rows)), lengths)
+    k = pairs[:, 0].astype(np.int64)
+    keep = (k >= 0) & (k < width)
+    out[where[keep], k[keep]] = pairs[keep, 1]
     return out
 
 

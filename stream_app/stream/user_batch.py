@@ -99,7 +99,7 @@ def process_users(batch: Prepared, rows: dict[str, st.EntityState | None], ctx: 
     republish = republish_duplicates(replay, states, dirty)
     for uid, event in dirty.items():
         out.writes[uid] = (states[uid], event)
-    for uid in {*vectors, *republish}:
+    for uid in dict.fromkeys([*vectors, *republish]):
         sources = tuple(p.event for p in applied.get(uid, ()))
         out.outputs.append(vector_output("user", uid, states[uid], ctx.model_version, sources))
     forward(out, states, applied, redelivered, ctx)
@@ -110,7 +110,7 @@ def process_users(batch: Prepared, rows: dict[str, st.EntityState | None], ctx: 
 def forward(out: Outcome, states: dict[str, st.EntityState], applied: dict[str, list[Parsed]],
             redelivered: dict[str, list[Parsed]], ctx: Context) -> None:
     """Each applied (or re-delivered) rating to the item side, with the rater's vector and side data."""
-    for uid in {*applied, *redelivered}:
+    for uid in dict.fromkeys([*applied, *redelivered]):  # in batch order
         state = states.get(uid)
         if state is None or state.vector is None:
             continue

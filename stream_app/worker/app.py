@@ -32,7 +32,7 @@ from stream_app.errors import EventError
 from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
-from stream_app.stream.codec import decode_row, encode_row
+from stream_app.stream.codec import RowCache, decode_row, encode_row
 from stream_app.stream.health import Readiness
 from stream_app.stream.item_batch import parse_item_event, process_items, restore_catalogue
 from stream_app.stream.lag import LagMonitor, sample_offsets
@@ -82,6 +82,7 @@ class Runtime:
         self.users = app.Table("users", help="per-user serving state (stream/state.py)", **table)
         self.items = app.Table("items", help="per-item serving state (stream/state.py)", **table)
         self.items.on_recover(self.rebuild_catalogue)
+        self.row_cache = {"users": RowCache(), "items": RowCache()}  # decoded rows this worker wrote last
         self._partitioner = DefaultPartitioner()
         app.agent(self.user_inputs, name="user-processor")(self.user_agent)
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
@@ -129,11 +130,11 @@ class Runtime:
                 self.metrics.batch_events.labels(agent=agent).observe(len(events))
                 ctx = self.context()
                 batch = prepare([raw_event(e) for e in events], lambda r: parse(r, ctx), ctx, self.rekey_topics)
-                rows = {}
+                rows, cache = {}, self.row_cache[agent]
                 for entity_id, entries in batch.groups.items():
                     with event_context(entries[0].event.handle):
-                        rows[entity_id] = decode_row(table.get(entity_id))
-                await self.apply(process(batch, rows, ctx), table)
+                        rows[entity_id] = cache.take(entity_id, table.get(entity_id))
+                await self.apply(process(batch, rows, ctx), table, cache)
         except Exception:  # a bug must not stop the worker; the events are reported, not lost
             log.exception("%s batch of %d events failed", agent, len(events))
             for event in events:
@@ -142,7 +143,7 @@ class Runtime:
                                                                         "the batch failed; see the worker log"))
         self.app.consumer.mark_handled(events)
 
-    async def apply(self, out: Outcome, table) -> None:
+    async def apply(self, out: Outcome, table, cache: RowCache) -> None:
         for event, error in out.dead_letters:
             await self.dead_letter(event, error)
         for rekey in out.rekeys:
@@ -152,12 +153,15 @@ class Runtime:
         for topic, outcome in out.counts:
             self.metrics.events.labels(topic=topic, outcome=outcome).inc()
         for entity_id, (state, event) in out.writes.items():
+            raw = encode_row(state)
             with event_context(event.handle):
-                table[entity_id] = encode_row(state)
+                table[entity_id] = raw
+            cache.put(entity_id, raw, state)
         now = time.time()
         for o in out.outputs:
             topic = self.outputs[o.topic]
-            await topic.send(key=o.key.encode(), value=o.value, timestamp=o.timestamp)
+            value = o.value.to_representation() if hasattr(o.value, "to_representation") else o.value
+            await topic.send(key=o.key.encode(), value=value, timestamp=o.timestamp)
             self.metrics.published.labels(topic=topic.get_topic_name()).inc()
             if o.metric is not None:
                 for event in o.sources:
@@ -166,7 +170,8 @@ class Runtime:
 
     async def dead_letter(self, event: RawEvent, error: EventError) -> None:
         letter = ev.dead_letter(event.topic, event.partition, event.offset, event.value, error)
-        await self.dead_letters.send(key=event.key if isinstance(event.key, bytes) else None, value=letter)
+        await self.dead_letters.send(key=event.key if isinstance(event.key, bytes) else None,
+                                     value=letter.to_representation())
         self.metrics.events.labels(topic=event.topic, outcome="dead_letter").inc()
         self.metrics.dead_letters.labels(reason=error.reason).inc()
         self.metrics.published.labels(topic=self.settings.topic_dead_letters).inc()
