@@ -190,3 +190,12 @@ def test_two_stage_top_n_finds_the_exact_lists_and_excludes_rated_items(rec):
         ranks = rec.rank_scores(np.array([s for _, s in top]), two.catalogue.counts[[two.catalogue.index_of(i)
                                                                                       for i, _ in top]])
         assert list(ranks) == sorted(ranks, reverse=True)
+
+
+def test_an_item_without_training_ratings_bootstraps_an_empty_window(rec, svc):
+    counts = np.bincount(rec.history.item, minlength=len(rec.ids["item"]))
+    unrated = np.flatnonzero(counts == 0)
+    if not len(unrated):
+        pytest.skip("every trained item has ratings here")
+    s = svc.bootstrap_state("item", rec.ids["item"][unrated[0]])
+    assert s.window == [] and s.n_ratings == 0 and s.vector is not None

@@ -303,6 +303,8 @@ def parse_id(d: dict, key: str) -> str:
         raise EventError(BAD_ID, f"{key} is empty")
     if len(text) > MAX_ID_CHARS:
         raise EventError(BAD_ID, f"{key} is longer than {MAX_ID_CHARS} characters ({len(text)})")
+    if text.isascii() and text.isprintable():  # the usual id: no control or format characters possible
+        return text
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise EventError(BAD_ID, f"{key} holds control characters or lone surrogates: {text[:40]!r}")
     if any(unicodedata.category(c) in INVISIBLE and not _emoji_joiner(text, k) for k, c in enumerate(text)):

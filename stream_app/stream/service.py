@@ -30,7 +30,6 @@ from stream_app.stream.state import (
     Sparse,
     WindowEntry,
     new_state,
-    opt_float,
     rated_ids,
     set_vector,
     to_dense,
@@ -63,7 +62,7 @@ class FoldInService:
         self._empty_features = {"user": self.schema.encode_user({}), "item": self.schema.encode_item({})}
         self._empty_cold = {side: recommender.cold_vector(side, {}) for side in ("user", "item")}
         self._history_groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._sparse_users: dict[int, Sparse] = {}
+        self._sparse_users: list[Sparse] | None = None
 
     @classmethod
     def from_settings(cls, recommender: Recommender, settings) -> FoldInService:
@@ -89,17 +88,18 @@ class FoldInService:
         rows = self._history_rows(side, index) if h is not None else np.array([], dtype=np.int64)
         last = rows[-self.window[side]:] if len(rows) else rows
         rates = self.schema.encode_rates(h.rating[last]) if len(last) else np.zeros((0, 2), np.float32)
+        others = (h.item if side == "user" else h.user)[last].tolist() if len(last) else []
+        stars, thumbs = (np.where(np.isnan(rates), None, rates).T.tolist() if len(last) else ([], []))
+        ts = h.ts[last].tolist() if len(last) else []
+        ids = self.rec.ids["item" if side == "user" else "user"]
         if side == "user":
-            others = h.item[last] if len(last) else []
-            ids = self.rec.ids["item"]
-            state.window = [WindowEntry(ids[o], opt_float(r[0]), opt_float(r[1]), float(t))
-                            for o, r, t in zip(others, rates, h.ts[last], strict=True)]
+            state.window = [WindowEntry(ids[o], s, t, when) for o, s, t, when in zip(others, stars, thumbs, ts,
+                                                                                      strict=True)]
         else:
-            others = h.user[last] if len(last) else []
-            ids, vecs = self.rec.ids["user"], self.rec.vectors["user"]
-            state.window = [WindowEntry(ids[o], opt_float(r[0]), opt_float(r[1]), float(t),
-                                        np.asarray(vecs[o], np.float32), self._sparse_user(int(o)))
-                            for o, r, t in zip(others, rates, h.ts[last], strict=True)]
+            vecs = np.asarray(self.rec.vectors["user"][others], np.float32)
+            sparse_users = self._sparse_user_table()
+            state.window = [WindowEntry(ids[o], s, t, when, vecs[j], sparse_users[o])
+                            for j, (o, s, t, when) in enumerate(zip(others, stars, thumbs, ts, strict=True))]
         state.n_ratings = int(len(rows))
         set_vector(state, self.rec.vectors[side][index], self.model_version)
         return state
@@ -199,11 +199,20 @@ class FoldInService:
         return to_sparse(self.features("user", user_id, user_state))
 
     def _sparse_user(self, index: int) -> Sparse:
-        """to_sparse() of an artifact user's trained side data (fixed, immutable), computed once per user."""
-        cached = self._sparse_users.get(index)
-        if cached is None:
-            cached = self._sparse_users[index] = to_sparse(self.rec.features["user"][index])
-        return cached
+        """to_sparse() of an artifact user's trained side data (fixed, immutable)."""
+        return self._sparse_user_table()[index]
+
+    def _sparse_user_table(self) -> list[Sparse]:
+        """to_sparse() of every artifact user's trained side data, computed once (in one pass)."""
+        if self._sparse_users is None:
+            features = self.rec.features["user"]
+            rows, cols = np.nonzero(features)
+            values = np.round(features[rows, cols].astype(np.float64), 6).tolist()
+            table: list[list] = [[] for _ in range(len(features))]
+            for r, c, v in zip(rows.tolist(), cols.tolist(), values, strict=True):
+                table[r].append((c, v))
+            self._sparse_users = [tuple(pairs) for pairs in table]
+        return self._sparse_users
 
     # ---------------------------------------------------------------------------------------- top-N
 
