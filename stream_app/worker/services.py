@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CATALOGUE_FETCH_WAIT_MS = 100  # other workers' items may reach this one's catalogue this much later; fewer fetches
+
 
 class CatalogueSync(faust.Service):
     """Follows `<app_id>-catalogue` from its start, outside the consumer group, into this worker's catalogue."""
@@ -47,7 +49,7 @@ class CatalogueSync(faust.Service):
         s = rt.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_from_url(s.broker_url), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=rt.app.fetch_max_wait_ms,
+                                    fetch_max_wait_ms=max(rt.app.fetch_max_wait_ms, CATALOGUE_FETCH_WAIT_MS),
                                     client_id=f"{s.app_id}-catalogue-sync")
         await consumer.start()
         try:
