@@ -20,7 +20,7 @@ One run measures, side by side on the same broker and machine (compare the ratio
   set by the worker's producer; recommendations for rec-on, user-vectors for rec-off) gives p50/p99, and
   the time until a consumer here sees the output is reported beside it.
 - fold-in: vectors/s of Recommender.fold_in (frozen set encoder, K subsets) at batch sizes 1/16/64,
-  64-rating windows, against the closed-form ALS fold-in (stream_app/baselines.py ALSMF).
+  64-rating windows, against the closed-form ALS fold-in (stream_app/baselines/als.py ALSMF).
 - top-10 over the ~3.7K-item catalogue and over a synthetic 40 000-item one (trained items' vectors plus
   noise): FoldInService.recommend as served (exact scoring up to RECSYS_TOPN_EXACT_ITEMS items, two-stage
   above: core/candidates.py), the same with exact scoring, recall@10 of the served lists against the exact

@@ -41,12 +41,18 @@ def main(argv=None) -> int:
 
     import torch
 
-    from stream_app import protocols
     from stream_app.core.artifacts import load_artifact
     from stream_app.data.registry import load_split
-    from stream_app.plots import plot_lines
+    from stream_app.evaluation import protocols
+    from stream_app.evaluation.plots import plot_lines
+    from stream_app.evaluation.protocols.topn import (
+        baseline_scorer,
+        evaluate_topn,
+        popularity_scorer,
+        served_stars,
+        with_popularity,
+    )
     from stream_app.settings import Settings
-    from stream_app.topn import baseline_scorer, evaluate_topn, popularity_scorer, served_stars, with_popularity
 
     torch.set_num_threads(1)
     split = load_split(args.data, args.split, Settings.from_env())

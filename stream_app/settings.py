@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from stream_app.errors import UsageError
+
 ENV_PREFIX = "RECSYS_"
 
 
@@ -131,23 +133,29 @@ def _parse(type_name: Any, raw: str, name: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise SystemExit(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise UsageError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}: fix or unset it") from None
     return raw
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, *groups: str) -> None:
-    """Add `--some-setting` flags for every setting in the given groups (default None = keep env/default)."""
+def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add `--some-setting` flags (default None = keep env/default) for the named settings and every setting of
+    the named groups (data, model, stream): only those the command uses, so that its --help stays short."""
+    unknown = set(names) - {f.name for f in fields(Settings)} - {f.metadata["group"] for f in fields(Settings)}
+    if unknown:
+        raise ValueError(f"not a setting or group of settings: {sorted(unknown)}")
+    group = parser.add_argument_group("settings (flag > RECSYS_<NAME> environment variable > default; "
+                                      "`recsys settings` lists them all)")
     for f in fields(Settings):
-        if f.metadata["group"] not in groups:
+        if f.name not in names and f.metadata["group"] not in names:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f.metadata["doc"])
+            group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                               help=f.metadata["doc"])
         else:
             conv = {"int": int, "float": float}.get(kind, str)
-            parser.add_argument(flag, dest=f.name, default=None, type=conv, help=f.metadata["doc"])
+            group.add_argument(flag, dest=f.name, default=None, type=conv, help=f.metadata["doc"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

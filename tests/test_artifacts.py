@@ -135,3 +135,66 @@ def test_cli_train_then_evaluate_on_synthetic_data(tmp_path, capsys):
     result = json.loads(result_file.read_text())
     assert result["protocol"] == "warm" and result["n"] == history["test"]["n"]
     assert result["rmse"] == pytest.approx(history["test"]["rmse"], rel=1e-5)
+
+
+def test_the_current_pointer_file_itself_loads(artifact):
+    set_current(artifact.parent, artifact.name)
+    pointer = artifact.parent / "current"
+    assert resolve_artifact(pointer) == artifact
+    assert load_artifact(pointer).model_version == load_artifact(artifact).model_version
+    pointer.write_text("gone\n")
+    with pytest.raises(ArtifactError, match="names 'gone'.*run `recsys train`"):
+        load_artifact(pointer)
+
+
+def test_wrong_paths_name_the_right_fix(artifact, tmp_path):
+    with pytest.raises(ArtifactError, match=r"no model artifact at .*nowhere: run `recsys train` \(or pass"):
+        load_artifact(tmp_path / "nowhere")
+    fresh = tmp_path / "model_artifacts"  # a fresh clone's artifacts folder: only a README
+    fresh.mkdir()
+    (fresh / "README.md").write_text("models go here\n")
+    with pytest.raises(ArtifactError, match="no model yet in .*: run `recsys train`$"):
+        load_artifact(fresh)
+    with pytest.raises(ArtifactError, match="is a file, not a model artifact folder"):
+        load_artifact(fresh / "README.md")
+    (artifact / MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="partial copy"):
+        load_artifact(artifact)
+
+
+def test_artifact_files_honour_the_umask(small_model, tmp_path):
+    import os
+    import stat
+
+    rec, _, _ = small_model
+    old = os.umask(0o022)
+    try:
+        out = save_artifact(rec, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for name in (MANIFEST, WEIGHTS, VECTORS):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def fake_artifact(folder, created: str):
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text(json.dumps({"created": created}))
+    return folder
+
+
+def test_prune_keeps_the_newest_and_always_current(tmp_path):
+    from stream_app.core.artifacts import prune_artifacts
+
+    names = [f"m{k}" for k in range(5)]
+    for k, name in enumerate(names):
+        fake_artifact(tmp_path / name, f"2026-01-0{k + 1}T00:00:00Z")
+    (tmp_path / "m0.checkpoint").mkdir()  # not an artifact: left alone
+    (tmp_path / ".m9.tmp").mkdir()  # one being written: left alone
+    (tmp_path / ".m9.tmp" / MANIFEST).write_text("{}")
+    (tmp_path / "current").write_text("m1\n")  # an old model is current (e.g. a newer one was not promoted)
+    removed = prune_artifacts(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["m0", "m2", "m3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m9.tmp", "current", "m0.checkpoint", "m1", "m4"]
+    assert prune_artifacts(tmp_path, keep=1) == [tmp_path / "m4"]  # never current
+    assert (tmp_path / "m1").is_dir()

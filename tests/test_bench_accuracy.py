@@ -28,3 +28,15 @@ def test_unknown_protocol_is_refused(monkeypatch):
     monkeypatch.setenv("RECSYS_DATA_MIRROR", "")
     with pytest.raises(SystemExit):
         bench.main(["--data", "synthetic", "--split", "random", "--protocols", "nope", "--out", "/nonexistent/x"])
+
+
+def test_across_splits_gives_mean_and_sample_spread_per_system_and_column():
+    per_split = {f"u{j}": {"warm": {"protocol": "warm", "systems": {"als-mf": {"rmse": r}}},
+                           "topn": {"protocol": "topn", "systems": {"ease": {"ndcg": n}}}}
+                 for j, (r, n) in enumerate([(0.90, 0.30), (0.92, 0.34), (0.94, 0.32)], 1)}
+    stats = bench.across_splits(per_split)
+    assert stats["als-mf"]["warm rmse"]["mean"] == pytest.approx(0.92)
+    assert stats["als-mf"]["warm rmse"]["std"] == pytest.approx(0.02)  # ddof 1
+    assert stats["ease"]["ndcg@10"] == {"mean": pytest.approx(0.32), "std": pytest.approx(0.02), "n": 3}
+    table = bench.spread_table(stats)
+    assert "0.9200 ± 0.0200" in table and "ndcg@10" in table.splitlines()[0]

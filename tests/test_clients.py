@@ -29,13 +29,13 @@ def _tiny():
 
 
 @pytest.fixture
-def topics(kafka_broker):
-    """Unique topic names for one test, as setting flags, plus the broker URL."""
+def topics(kafka_broker, monkeypatch):
+    """Unique topic names for one test (in the environment: each command has only its own topics' flags), and
+    the broker URL as flags."""
     names = {kind: _unique(kind) for kind in ("ratings", "users", "items", "requests", "recommendations")}
-    flags = ["--broker-url", kafka_broker.url, "--partitions", "2"]
     for kind, name in names.items():
-        flags += [f"--topic-{kind}", name]
-    return names, flags
+        monkeypatch.setenv(f"RECSYS_TOPIC_{kind.upper()}", name)
+    return names, ["--broker-url", kafka_broker.url, "--partitions", "2"]
 
 
 # ---------------------------------------------------------------------------------------------- no broker
@@ -68,10 +68,15 @@ def test_format_record_and_table():
     assert format_record(record) == '7\t{"a":1,"b":[1,2]}'
     assert format_record(record, pretty=True).startswith('7\t{\n  "a": 1')
     assert format_record(Record("t", 0, 5, 0, None, "not json", b"not json", False)) == "null\tnot json"
-    table = format_table([{"item_id": "42", "score": 4.5}, {"item_id": "7", "score": 3.25}], {"42": "Movie"})
+    # ranked by rank score (stars + popularity): the stars column may be out of order, and the table says why
+    table = format_table([{"item_id": "42", "score": 3.25, "rank_score": 8.1}, {"item_id": "7", "score": 4.5,
+                                                                               "rank_score": 6.0}], {"42": "Movie"})
     lines = table.splitlines()
-    assert lines[0].split() == ["rank", "item", "score", "title"]
-    assert lines[1].split() == ["1", "42", "4.500", "Movie"] and lines[2].split() == ["2", "7", "3.250"]
+    assert lines[0].startswith("ranked by rank score = predicted stars + popularity")
+    assert lines[1].split() == ["rank", "item", "rank", "score", "stars", "title"]
+    assert lines[2].split() == ["1", "42", "8.100", "3.25", "Movie"] and lines[3].split() == ["2", "7", "6.000", "4.50"]
+    older = format_table([{"item_id": "42", "score": 4.5}])  # a reply from a worker without rank scores
+    assert older.splitlines()[2].split() == ["1", "42", "-", "4.50"]
 
 
 # ---------------------------------------------------------------------------------------------- broker
@@ -143,7 +148,7 @@ def test_tail_prints_key_tab_json(kafka_broker, capsys):
     assert main(["tail", topic, "--from-beginning", "--limit", "2", *flags]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
-    assert main(["tail", _unique("missing"), "--from-beginning", *flags]) == 1
+    assert main(["tail", _unique("missing"), "--from-beginning", *flags]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -185,7 +190,7 @@ def test_reader_picks_up_a_topic_created_later(kafka_broker):
 def test_recommend_times_out_clearly_without_a_worker(kafka_broker, topics, capsys):
     _, flags = topics
     started = time.perf_counter()
-    assert main(["recommend", "--user", "1", "--timeout", "1", *flags]) == 1
+    assert main(["recommend", "--user", "1", "--timeout", "1", *flags]) == 2
     assert time.perf_counter() - started < 10
     err = capsys.readouterr().err
     assert "no reply in 1 s: is a worker running? `recsys worker`" in err
@@ -220,4 +225,5 @@ def test_recommend_matches_its_own_request_id(kafka_broker, topics, capsys):
         thread.join(timeout=5)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("top-3 for user 7 (model m1")
-    assert [line.split()[:3] for line in out[2:]] == [["1", "0", "5.000"], ["2", "1", "4.900"], ["3", "2", "4.800"]]
+    assert [line.split()[:4] for line in out[3:]] == [["1", "0", "-", "5.00"], ["2", "1", "-", "4.90"],
+                                                      ["3", "2", "-", "4.80"]]  # a reply without rank scores

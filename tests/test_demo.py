@@ -66,7 +66,7 @@ def test_quick_demo_end_to_end(tansu, tmp_path):
     out = done.stdout
     assert done.returncode == 0, f"demo failed ({took:.0f} s):\n{out[-4000:]}\n{done.stderr[-4000:]}"
     assert "[8/8] ask for user" in out and "top-10 again" in out
-    tables = re.findall(r"(?m)^\s+rank\s+item\s+score.*$\n((?:\s+\d+\s+\S+\s+\d+\.\d+.*\n){10})", out)
+    tables = re.findall(r"(?m)^\s+rank\s+item\s+stars.*$\n((?:\s+\d+\s+\S+\s+\d+\.\d+.*\n){10})", out)
     assert len(tables) == 2, out  # a full top-10 before and after the new ratings
     assert "change" in out and "entered the top-10:" in out
     assert re.search(r"rated 1★ now|rated 1 stars now", out)  # the 1-star favourites left the list

@@ -111,7 +111,7 @@ def test_a_broken_or_incompatible_model_is_refused_once_and_the_old_one_kept(art
 
 
 def test_incompatible_reason_names_the_difference(artifacts):
-    with pytest.raises(Exception, match="vector size 4"):
+    with pytest.raises(Exception, match="vector size 5"):  # N=4, plus the bias
         lc.check_compatible(load_artifact(artifacts / "v1"), load_artifact(artifacts / "v-small"))
 
 
@@ -164,7 +164,8 @@ def test_item_window_rater_vectors_come_from_the_new_model(artifacts):
     iid = old.rec.ids["item"][0]
     state = old.initial_state("item", iid)
     feats = old.features("user", "stranger", st.EntityState(side={"gender": "F"}))
-    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8, vector=np.ones(6), features=st.to_sparse(feats))
+    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8, vector=np.ones(old.n_dim),
+                  features=st.to_sparse(feats))
     lc.refresh_item_window(state, new.rec)
     for entry in state.window[:-1]:
         index = new.rec.index["user"][entry.other_id]
@@ -176,7 +177,7 @@ def test_item_window_rater_vectors_come_from_the_new_model(artifacts):
 def test_catalogue_after_a_swap_has_new_vectors_and_keeps_streamed_items(artifacts):
     old, new = services(artifacts)
     feats = old.schema.encode_item({"genres": ["Comedy"]})
-    old.catalogue.upsert("streamed-item", np.full(6, 9.0, np.float32), feats)
+    old.catalogue.upsert("streamed-item", np.full(old.n_dim, 9.0, np.float32), feats)
     assert lc.swap_catalogue(old, new) == 1
     row = new.catalogue.index_of("streamed-item")
     assert row is not None and np.allclose(new.catalogue.features[row], feats)

@@ -6,7 +6,6 @@ from itertools import product
 import numpy as np
 import pytest
 
-from stream_app import protocols
 from stream_app.baselines import ALSMF, BiasOnly
 from stream_app.cli import main
 from stream_app.core.config import ModelConfig
@@ -14,9 +13,9 @@ from stream_app.core.training import Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic
-from stream_app.evaluation import auc, thumbs_metrics
-from stream_app.prequential import AEVecStream, BaselineStream, run_prequential
-from stream_app.topn import baseline_scorer, evaluate_topn
+from stream_app.evaluation import auc, protocols, thumbs_metrics
+from stream_app.evaluation.protocols.prequential import AEVecStream, BaselineStream, run_prequential
+from stream_app.evaluation.protocols.topn import baseline_scorer, evaluate_topn
 
 TINY = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, rounds=2, steps_per_round=6,
             batch_size=128)

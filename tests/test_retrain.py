@@ -71,7 +71,7 @@ def test_every_keeps_its_schedule_after_a_failed_run(tmp_path, monkeypatch, caps
 
 def test_once_reports_a_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(retrain_module, "train_model", lambda *a, **k: (_ for _ in ()).throw(RecsysError("boom")))
-    assert main(args(tmp_path / "artifacts", "--once")) == 1
+    assert main(args(tmp_path / "artifacts", "--once")) == 2
     assert "boom" in capsys.readouterr().err
 
 
@@ -92,3 +92,19 @@ def test_every_and_once_are_exclusive_and_one_is_required(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(args(tmp_path, *extra))
     assert "--every" in capsys.readouterr().err
+
+
+def test_keep_prunes_old_artifacts_but_not_current(tmp_path, capsys):
+    import json
+
+    artifacts = tmp_path / "artifacts"
+    for k in range(3):  # older models, as earlier runs left them
+        (artifacts / f"old{k}").mkdir(parents=True)
+        (artifacts / f"old{k}" / "manifest.json").write_text(json.dumps({"created": f"2020-01-0{k + 1}T00:00:00Z"}))
+    assert main(args(artifacts, "--once", "--keep", "2")) == 0
+    kept = versions(artifacts)
+    current = (artifacts / "current").read_text().strip()
+    assert len(kept) == 2 and current in kept and "old2" in kept
+    assert "removed old artifact" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args(artifacts, "--once", "--keep", "0"))

@@ -174,3 +174,12 @@ def test_raw_text_is_truncated_with_a_marker():
     text = ev.raw_text(b"a" * 10_000, limit=100)
     assert text.startswith("a" * 100) and "truncated: 10000 bytes" in text and len(text) < 150
     assert ev.raw_text(b"short") == "short" and ev.raw_text(None) is None
+
+
+def test_recommendations_carry_their_rank_score_rounded():
+    recs = ev.recommendations("u1", [("i1", 4.296545505523682), ("i2", 4.9)], "m@1",
+                              rank_scores=[9.123456789, 5.2])
+    d = json.loads(recs.dumps())
+    # ranked by rank_score (stars + popularity), so score (the predicted stars) may be out of order
+    assert d["items"] == [{"item_id": "i1", "score": 4.2965, "rank_score": 9.1235},
+                          {"item_id": "i2", "score": 4.9, "rank_score": 5.2}]

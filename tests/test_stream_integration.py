@@ -67,11 +67,13 @@ def test_ratings_give_vectors_and_recommendations(worker, artifact):
     recs = [v for k, v in worker.received["recommendations"] if k == user][-1]
     assert set(recs) == {"user_id", "items", "model_version", "ts"}  # no request_id: not a reply
     assert len(recs["items"]) == TOP_N
-    assert all(set(x) == {"item_id", "score"} for x in recs["items"])
-    # ranked by predicted stars + the popularity term (the first test: counts are the training ones)
-    ranked = rec.rank_scores(np.array([x["score"] for x in recs["items"]]),
-                             item_counts[[rec.index["item"][x["item_id"]] for x in recs["items"]]])
-    assert all(a >= b - 1e-5 for a, b in zip(ranked, ranked[1:], strict=False))
+    assert all(set(x) == {"item_id", "score", "rank_score"} for x in recs["items"])
+    # ranked by rank_score = predicted stars + the popularity term (the first test: counts are the training ones)
+    ranked = [x["rank_score"] for x in recs["items"]]
+    assert ranked == sorted(ranked, reverse=True)
+    expected = rec.rank_scores(np.array([x["score"] for x in recs["items"]]),
+                               item_counts[[rec.index["item"][x["item_id"]] for x in recs["items"]]])
+    assert np.allclose(ranked, expected, atol=2e-4)  # both rounded to 4 decimals on the wire
     rated = {rec.ids["item"][i] for i in rec.rated_items(rec.index["user"][user])} | set(items)
     assert not rated & {x["item_id"] for x in recs["items"]}, "recommended an item the user rated"
 

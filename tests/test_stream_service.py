@@ -141,6 +141,15 @@ def test_recommend_excludes_rated_items_and_matches_the_recommender(rec, svc):
     assert [(rec.ids["item"][i], pytest.approx(sc, abs=1e-5)) for i, sc in expected] == top
 
 
+def test_rank_scores_are_what_the_list_is_ranked_by(rec, svc):
+    top = svc.recommend("stranger", None, n=8, ts=1.7e9)
+    ranks = svc.rank_scores(top)
+    assert len(ranks) == 8 and ranks == sorted(ranks, reverse=True)
+    counts = rec.item_counts[[rec.index["item"][i] for i, _ in top]]
+    assert np.allclose(ranks, rec.rank_scores(np.array([s for _, s in top]), counts))
+    assert svc.rank_scores([]) == []
+
+
 def test_cold_user_gets_a_full_list_and_batches_agree(rec, svc, monkeypatch):
     top = svc.recommend("stranger", None, n=7, ts=1.7e9)
     assert len(top) == 7

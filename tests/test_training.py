@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stream_app.core.config import ModelConfig
-from stream_app.core.training import Trainer, rmse_of
+from stream_app.core.training import FOLDIN_PRIORS, Trainer, rmse_of
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic
@@ -63,3 +63,25 @@ def test_training_is_reproducible_with_a_seed(split):
     runs = [Trainer(ModelConfig(**TINY), FeatureSchema.fit(split.train), "cpu", progress=False).fit(
         split.train, log=lambda *_: None)[0] for _ in range(2)]
     assert np.array_equal(runs[0].vectors["user"], runs[1].vectors["user"])
+
+
+def test_serving_constants_are_chosen_on_the_validation_ratings(split):
+    from stream_app.evaluation.protocols.topn import POPULARITY_WEIGHTS, calibrate_popularity
+
+    config = ModelConfig(**TINY, valid_fraction=0.2, foldin_prior=3.0, popularity_weight=1.0)
+    rec, report = Trainer(config, FeatureSchema.fit(split.train), "cpu", progress=False).fit(
+        split.train, log=lambda *_: None, calibrate=calibrate_popularity)
+    prior = report["foldin_prior"]
+    assert prior["source"] == "validation" and prior["chosen"] in FOLDIN_PRIORS
+    assert prior["validation_rmse"][f"{prior['chosen']:g}"] == min(prior["validation_rmse"].values())
+    assert rec.model.config.foldin_prior == prior["chosen"]
+    weight = report["popularity_weight"]
+    assert weight["source"] == "validation" and weight["chosen"] in POPULARITY_WEIGHTS
+    assert rec.model.config.popularity_weight == weight["chosen"]
+    assert config.foldin_prior == 3.0  # the caller's config is not changed
+
+    fixed = ModelConfig(**TINY, valid_fraction=0.2, choose_on_validation=False, foldin_prior=3.0)
+    rec, report = Trainer(fixed, FeatureSchema.fit(split.train), "cpu", progress=False).fit(
+        split.train, log=lambda *_: None, calibrate=calibrate_popularity)
+    assert "foldin_prior" not in report and "popularity_weight" not in report
+    assert rec.model.config.foldin_prior == 3.0 and rec.model.config.popularity_weight == 1.0

@@ -18,7 +18,8 @@ TINY = dict(rounds=2, steps_per_round=3, batch_size=64)
 def tune_args(tmp_path, trials: int) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     return ["tune", "--data", "synthetic", "--synthetic-users", "40", "--synthetic-items", "30",
-            "--trials", str(trials), "--study-db", str(tmp_path / "study.db"), "--study-name", "tiny", "--out", str(tmp_path / "best.json"),
+            "--trials", str(trials), "--study-db", str(tmp_path / "study.db"), "--study-name", "tiny",
+            "--out", str(tmp_path / "best.json"),
             "--png", str(tmp_path / "trials.png"), *flags]
 
 

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from stream_app.commands.common import show_progress
 from stream_app.data.dataset import RatingData
 from stream_app.data.registry import (
     DATASETS,
@@ -52,7 +53,7 @@ def run_download(args) -> int:
     if cached is not None:
         print(f"{args.name} is already in the cache: {cached}")
         return 0
-    path = download_dataset(args.name, settings, verify=args.verify)
+    path = download_dataset(args.name, settings, verify=args.verify, progress=show_progress())
     print(f"{args.name} ready in {path}")
     return 0
 
@@ -67,7 +68,7 @@ def run_list(args) -> int:
         source = find_in_mirror(name, settings)
         in_mirror = "-" if source is None else ("folder" if source.is_dir() else "zip")
         in_cache = "yes" if find_in_cache(name, settings) else "-"
-        known = "known" if info.sha256 else "unknown"
+        known = "known" if info.sha256 or info.files_sha256 else "unknown"
         print(f"{name:<17} {in_mirror:<8} {in_cache:<6} {known:<8} {info.about}")
     print(f"{SYNTHETIC:<17} {'-':<8} {'-':<6} {'-':<8} generated on the fly (planted factors)")
     return 0
@@ -93,6 +94,8 @@ def run_info(args) -> int:
 def _date_range(data: RatingData) -> str:
     if not len(data):
         return "no ratings"
+    if not data.timed:
+        return "no timestamps"
     day = "%Y-%m-%d"
     return (f"{time.strftime(day, time.gmtime(int(data.ts.min())))} to "
             f"{time.strftime(day, time.gmtime(int(data.ts.max())))}")

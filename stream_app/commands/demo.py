@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream_app.commands.common import show_progress
 from stream_app.errors import RecsysError
 from stream_app.settings import Settings, add_setting_flags, settings_from_args
 
@@ -68,7 +69,7 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the worker to start, and for it to process the replay")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (model, logs, stores)")
-    add_setting_flags(p, "data", "model")
+    add_setting_flags(p, "data", "device", "seed")  # its model and artifacts live in a temporary folder
     p.set_defaults(func=run)
 
 
@@ -304,7 +305,7 @@ class Demo:
         overrides = self.profile.config if data_name == "synthetic" else {**self.profile.config,
                                                                            **self.profile.ml100k_config}
         config = ModelConfig(**{**overrides, "seed": self.base.seed})
-        trainer = Trainer(config, FeatureSchema.fit(split.train), device=self.base.device, progress=True)
+        trainer = Trainer(config, FeatureSchema.fit(split.train), device=self.base.device, progress=show_progress())
         rec, report = trainer.fit(split.train, log=lambda line: None)
         name = f"demo-{data_name}"
         save_artifact(rec, Path(self.settings.artifacts_dir) / name, metrics=report,
@@ -361,7 +362,7 @@ class Demo:
         self.replayed = [e.value for e in events if e.kind == "ratings"]
         topics = topics_of(self.settings)
         ensure_topics(self.settings, topics.values())
-        stats = produce_events(self.get_producer(), events, topics, rate=self.args.rate, progress=True)
+        stats = produce_events(self.get_producer(), events, topics, rate=self.args.rate, progress=show_progress())
         if stats.failed:
             raise DemoError(f"{stats.failed} events were not acknowledged by the broker: {stats.first_error}")
         for kind, n in stats.counts.items():
@@ -375,7 +376,7 @@ class Demo:
             return f"{self.settings.app_id}-item-updates"
         return internal_topic(self.settings)
 
-    def wait_processed(self, timeout: float, progress: bool = True) -> float:
+    def wait_processed(self, timeout: float, progress: bool | None = None) -> float:
         """Until the worker has counted every event produced so far, and the item side has taken every rating
         the user side applied (the forwarded item updates come after the user table write)."""
         from tqdm.auto import tqdm
@@ -385,7 +386,8 @@ class Demo:
         internal, ratings = self.internal_topic(), self.settings.topic_ratings
         goal = sum(expected.values())
         seen_metrics = False
-        with tqdm(total=goal, unit="ev", desc="processed", disable=not progress) as bar:
+        with tqdm(total=goal, unit="ev", desc="processed",
+                  disable=not (show_progress() if progress is None else progress)) as bar:
             while True:
                 self.worker.check()
                 samples = read_metrics(self.worker.web_port)
@@ -495,9 +497,9 @@ class Demo:
         width = max([4] + [len(str(e["item_id"])) for e in items])
         old_rank = {e["item_id"]: r for r, e in enumerate(before or [], 1)}
         old_score = {e["item_id"]: float(e["score"]) for e in before or []}
-        head = f"      {'rank':>4}  {'item':<{width}}  {'score':>5}"
+        head = f"      {'rank':>4}  {'item':<{width}}  {'stars':>5}"
         head += f"  {'change':<18}" if before is not None else ""
-        lines = [head + "  title"]
+        lines = ["      (ranked by predicted stars + popularity, so the stars may be out of order)", head + "  title"]
         for rank, e in enumerate(items, 1):
             item_id, score = str(e["item_id"]), float(e["score"])
             line = f"      {rank:>4}  {item_id:<{width}}  {score:>5.2f}"

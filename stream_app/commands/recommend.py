@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data, model_manifest
 from stream_app.errors import RecsysError
 from stream_app.settings import add_setting_flags, settings_from_args
 
@@ -25,8 +26,10 @@ def register(sub):
     p.add_argument("--titles-from", default=None, metavar="DATA",
                    help="show item titles from this dataset's side data (ml-100k, ml-1m, ..., synthetic with "
                         "its default size)")
+    add_allow_other_data_flag(p)
     p.add_argument("--json", action="store_true", help="print the reply as JSON instead of a table")
-    add_setting_flags(p, "data", "model", "stream")
+    add_setting_flags(p, "broker_url", "partitions", "replication_factor", "topic_requests", "topic_recommendations",
+                      "top_n", "artifacts_dir", "data", "seed")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ class NoReply(RecsysError):
 class Reply:
     request_id: str
     user_id: str
-    items: list  # [{"item_id", "score"}], best first
+    items: list  # [{"item_id", "score", "rank_score"}], best first (by rank_score)
     model_version: str
     seconds: float  # from sending the request to receiving the reply
     value: dict  # the reply as received
@@ -86,17 +89,23 @@ def request_recommendations(settings, user_id: str, n: int | None = None, timeou
                  str(value.get("model_version", "")), seconds, value)
 
 
+RANKING_NOTE = "ranked by rank score = predicted stars + popularity (see --popularity-weight of recsys train)"
+
+
 def format_table(items: list, titles: dict | None = None, marks: dict | None = None) -> str:
-    """rank, item id, score (and title) per line; `marks` adds a last column per item id (e.g. "new")."""
+    """rank, item id, rank score, predicted stars (and title) per line, under a line that says what the order
+    is; `marks` adds a last column per item id (e.g. "new"). A reply without rank scores shows "-"."""
     titles = titles or {}
     width = max([len("item")] + [len(str(i["item_id"])) for i in items])
-    head = f"{'rank':>4}  {'item':<{width}}  {'score':>6}"
+    head = f"{'rank':>4}  {'item':<{width}}  {'rank score':>10}  {'stars':>5}"
     if titles:
         head += "  title"
-    lines = [head]
+    lines = [RANKING_NOTE, head]
     for rank, entry in enumerate(items, 1):
         item_id = str(entry["item_id"])
-        line = f"{rank:>4}  {item_id:<{width}}  {float(entry['score']):>6.3f}"
+        by = entry.get("rank_score")
+        line = (f"{rank:>4}  {item_id:<{width}}  {'-' if by is None else f'{float(by):.3f}':>10}  "
+                f"{float(entry['score']):>5.2f}")
         if titles:
             line += f"  {_clip(titles.get(item_id, ''), 48):<48}"
         if marks and marks.get(item_id):
@@ -120,8 +129,13 @@ def titles_from(name: str, settings) -> dict[str, str]:
 
 def run(args) -> int:
     settings = settings_from_args(args)
-    titles = titles_from(args.titles_from, settings) if args.titles_from else None
     reply = request_recommendations(settings, args.user, args.n, args.timeout)
+    titles = None
+    if args.titles_from:
+        manifest = model_manifest(settings.artifacts_dir, reply.model_version)  # the model that answered
+        if manifest is not None:
+            check_same_data(manifest, args.titles_from, args.allow_other_data, flag="--titles-from")
+        titles = titles_from(args.titles_from, settings)
     if args.json:
         print(json.dumps(reply.value, indent=2))
         return 0

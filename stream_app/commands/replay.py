@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_app.commands.common import add_data_flags, load_split_for
+from stream_app.commands.common import add_data_flags, load_split_for, show_progress
+from stream_app.commands.datacheck import add_allow_other_data_flag, check_same_data, model_manifest
 from stream_app.data.dataset import RatingData
 from stream_app.errors import RecsysError
 from stream_app.settings import add_setting_flags, settings_from_args
@@ -31,6 +32,7 @@ def register(sub):
     p = sub.add_parser("replay", help="produce a dataset's users, items and ratings (in time order) to Kafka",
                        description=__doc__.split("\n\n", 1)[0].split(": ", 1)[1])
     add_data_flags(p)
+    add_allow_other_data_flag(p)
     p.add_argument("--part", choices=PARTS, default="all",
                    help="all ratings (default), or only the train or test part of --split")
     p.add_argument("--rate", type=float, default=500.0, help="events per second (0 = as fast as possible)")
@@ -40,7 +42,8 @@ def register(sub):
                    help="send the side data of every user and item, not only of those the ratings name")
     p.add_argument("--no-side-data", dest="side_data", action="store_false", help="send the ratings only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_setting_flags(p, "data", "model", "stream")
+    add_setting_flags(p, "data", "seed", "artifacts_dir", "broker_url", "partitions", "replication_factor",
+                      "topic_users", "topic_items", "topic_ratings")
     p.set_defaults(func=run)
 
 
@@ -192,6 +195,10 @@ def run(args) -> int:
     settings = settings_from_args(args)
     if args.rate < 0:
         raise RecsysError("--rate must be >= 0 (0 = as fast as possible)")
+    if not args.allow_other_data:  # the model of ARTIFACTS_DIR/current, which the workers serve
+        manifest = model_manifest(settings.artifacts_dir)
+        if manifest is not None:
+            check_same_data(manifest, args.data, False)
     data = load_replay_data(args, settings)
     label = dataset_label(args.data, data, settings.seed)
     events = plan_events(data, label, skip=args.skip, limit=args.limit, side_data=args.side_data,
@@ -204,7 +211,7 @@ def run(args) -> int:
     print(f"replaying {args.data}{part} to {bootstrap} {pace}: {len(events)} events")
     producer = json_producer(bootstrap)
     try:
-        stats = produce_events(producer, events, topics, rate=args.rate, progress=not args.quiet)
+        stats = produce_events(producer, events, topics, rate=args.rate, progress=show_progress(args.quiet))
     finally:
         producer.close()
     print(stats.summary())

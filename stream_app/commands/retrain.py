@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 
+from stream_app.commands.common import positive_int
 from stream_app.commands.train import add_training_flags, train_model
 from stream_app.errors import RecsysError
 from stream_app.settings import settings_from_args
@@ -52,11 +53,17 @@ def register(sub):
     when.add_argument("--every", type=_duration, metavar="PERIOD",
                       help="train one model now and then every PERIOD (24h, 90m, 1h30m, seconds)")
     when.add_argument("--once", action="store_true", help="train one model and exit (for cron jobs)")
+    p.add_argument("--keep", type=positive_int, default=None, metavar="N",
+                   help="after each run, delete all but the N newest artifacts in ARTIFACTS_DIR (the current one "
+                        "is always kept and counts among the N; default: keep all)")
     add_training_flags(p)
     p.set_defaults(func=run)
 
 
+
 def run(args) -> int:
+    from stream_app.core.artifacts import prune_artifacts
+
     settings = settings_from_args(args)
     while True:
         started = time.monotonic()
@@ -71,6 +78,9 @@ def run(args) -> int:
             state = "promoted: ARTIFACTS_DIR/current names it" if report["promoted"] else "not promoted"
             print(f"retrain: {out} ({report['model_version']}) trained in {report['train_seconds']:.0f} s; "
                   f"{state}", flush=True)
+            if args.keep:
+                for folder in prune_artifacts(settings.artifacts_dir, args.keep):
+                    print(f"retrain: removed old artifact {folder}", flush=True)
         if args.once:
             return 0
         wait = max(0.0, args.every - (time.monotonic() - started))

@@ -29,7 +29,7 @@ def register(sub):
     style = p.add_mutually_exclusive_group()
     style.add_argument("--pretty", action="store_true", help="indented JSON")
     style.add_argument("--compact", dest="pretty", action="store_false", help="one line per record (default)")
-    add_setting_flags(p, "stream")
+    add_setting_flags(p, "broker_url")
     p.set_defaults(func=run)
 
 

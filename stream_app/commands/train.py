@@ -9,7 +9,13 @@ import shutil
 import time
 from pathlib import Path
 
-from stream_app.commands.common import add_config_flags, add_data_flags, config_from_args, load_split_for
+from stream_app.commands.common import (
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+    load_split_for,
+    show_progress,
+)
 from stream_app.settings import add_setting_flags, settings_from_args
 
 
@@ -28,7 +34,8 @@ def add_training_flags(p) -> None:
     p.add_argument("--config", default=None, help="JSON file of model hyperparameters (flags override it)")
     p.add_argument("--no-promote", dest="promote", action="store_false",
                    help="do not point ARTIFACTS_DIR/current at the new model")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     add_config_flags(p)
     add_setting_flags(p, "data", "model")
 
@@ -46,10 +53,12 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     from stream_app.core.training import Trainer, predict_dataset, set_training_threads
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
-    from stream_app.plots import plot_training
+    from stream_app.evaluation.plots import plot_training
+    from stream_app.evaluation.protocols.topn import calibrate_popularity
 
     config = config_from_args(args)
     split = load_split_for(args, settings)
+    check_trainable(split.train, args.data)
     out = Path(out) if out else default_out(args, settings, split.name)
     checkpoint = out.with_name(out.name + ".checkpoint") / "checkpoint.pt"
     print(f"training on {args.data} ({split.name}): {len(split.train)} ratings, "
@@ -58,9 +67,12 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     schema = FeatureSchema.fit(split.train)
     threads = set_training_threads(settings.torch_threads, leave=1 if beside_serving else 0)
     started = time.perf_counter()
-    trainer = Trainer(config, schema, device=settings.device, progress=not args.quiet)
-    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume)
+    trainer = Trainer(config, schema, device=settings.device, progress=show_progress(args.quiet))
+    rec, report = trainer.fit(split.train, checkpoint=checkpoint, resume=resume, calibrate=calibrate_popularity)
     report["train_seconds"] = time.perf_counter() - started
+    chosen = [f"{name} {report[name]['chosen']:g}" for name in ("foldin_prior", "popularity_weight") if name in report]
+    if chosen:
+        print("chosen on the validation ratings: " + ", ".join(chosen))
     report["device"] = str(trainer.device)
     report["torch_threads"] = threads
     if len(split.test):
@@ -75,6 +87,22 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
         set_current(out.parent, out.name)
     report["model_version"] = rec.model_version
     return out, report
+
+
+def check_trainable(data, data_name: str) -> None:
+    """UsageError unless some rating's user and item both have another rating to encode them from (the rule
+    of Trainer._eligible_rows): with none there is nothing to train on."""
+    import numpy as np
+
+    from stream_app.errors import UsageError
+
+    users = np.bincount(data.user, minlength=data.n_users)[data.user] >= 2
+    items = np.bincount(data.item, minlength=data.n_items)[data.item] >= 2
+    if not (users & items).any():
+        more = ("--synthetic-users and --synthetic-items (e.g. 50 each)" if data_name == "synthetic"
+                else "a bigger dataset")
+        raise UsageError(f"too little data to train on ({len(data)} ratings, {data.n_users} users, {data.n_items} "
+                         f"items: no rating whose user and item both have another rating); use {more}")
 
 
 def run(args) -> int:

@@ -7,7 +7,9 @@
     vectors.safetensors  trained entity vectors, encoded side data, the training ratings
 
 A folder is written under a temporary name and renamed into place, so readers never see a
-partial artifact. `current` in the artifacts folder names the model workers should serve.
+partial artifact; its files and folder get the usual permissions under the umask (e.g. 0644 and
+0755 under umask 022). `current` in the artifacts folder names the model workers should serve;
+`prune_artifacts` removes the oldest models but never the current one.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700 whatever the umask
         save_torch({k: v.contiguous() for k, v in rec.model.state_dict().items()}, str(tmp / WEIGHTS))
         save_numpy(_vector_tensors(rec), str(tmp / VECTORS))
         weights_sha = _sha256(tmp / WEIGHTS)
@@ -72,6 +75,8 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
             "files": {WEIGHTS: weights_sha, VECTORS: _sha256(tmp / VECTORS)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for file in (WEIGHTS, VECTORS, MANIFEST):  # safetensors writes 0600 whatever the umask
+            (tmp / file).chmod(0o666 & ~_umask())
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -112,10 +117,15 @@ def load_artifact(path: str | Path) -> Recommender:
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     file = path / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"no model artifact at {path}: run `recsys train` (or pass --artifact FOLDER)")
     if not path.is_dir():
-        raise ArtifactError(f"no model artifact at {path}; train one with `recsys train --out {path}`")
+        raise ArtifactError(f"{path} is a file, not a model artifact folder: pass the artifact folder, or the "
+                            f"artifacts folder whose `{CURRENT}` names one")
     if not file.exists():
-        raise ArtifactError(f"{path} has no {MANIFEST}: not an artifact, or a partial copy")
+        if any((path / name).exists() for name in (WEIGHTS, VECTORS)):
+            raise ArtifactError(f"{path} has no {MANIFEST}: a partial copy; copy the whole folder or retrain")
+        raise ArtifactError(f"no model yet in {path} (no {CURRENT} and no {MANIFEST}): run `recsys train`")
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -132,12 +142,49 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def resolve_artifact(path: str | Path) -> Path:
-    """An artifact folder, or the one named by `current` inside an artifacts folder."""
+    """An artifact folder, or the one named by a `current` pointer: the pointer file itself
+    (`model_artifacts/current`) or the artifacts folder holding it (`model_artifacts`)."""
     path = Path(path)
+    if path.is_file() and path.name == CURRENT:
+        path = path.parent
     pointer = path / CURRENT
     if not (path / MANIFEST).exists() and pointer.is_file():
-        return path / pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        if not (path / name).is_dir():
+            raise ArtifactError(f"{pointer} names {name!r}, which is not in {path}: run `recsys train`, or "
+                                f"point {CURRENT} at an existing model folder")
+        return path / name
     return path
+
+
+def current_name(artifacts_dir: str | Path) -> str | None:
+    """The model folder name `current` points at, or None."""
+    pointer = Path(artifacts_dir) / CURRENT
+    return (pointer.read_text().strip() or None) if pointer.is_file() else None
+
+
+def prune_artifacts(artifacts_dir: str | Path, keep: int) -> list[Path]:
+    """Remove all but the `keep` newest artifacts (by manifest creation time, then name) of a folder, never
+    the one `current` names (it counts among the `keep`: a worker may be loading it); return the removed."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    artifacts_dir = Path(artifacts_dir)
+    current = current_name(artifacts_dir)
+    models = []
+    for folder in artifacts_dir.iterdir():
+        if folder.name.startswith("."):
+            continue  # an artifact being written (renamed into place when complete)
+        try:
+            created = str(json.loads((folder / MANIFEST).read_text()).get("created", ""))
+        except (OSError, ValueError, AttributeError):
+            continue  # not an artifact (or unreadable): never ours to delete
+        models.append((created, folder.name, folder))
+    models.sort(reverse=True)  # newest first
+    models.sort(key=lambda m: m[1] != current)  # then current first (stable)
+    removed = [folder for _, _, folder in models[keep:]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
 
 
 def set_current(artifacts_dir: str | Path, name: str) -> None:
@@ -164,6 +211,12 @@ def _data_summary(rec: Recommender, name: str) -> dict:
     h = rec.history
     return {"name": name, "n_users": len(rec.ids["user"]), "n_items": len(rec.ids["item"]),
             "n_ratings": len(h.user), "fingerprint": data_fingerprint(h.user, h.item, h.rating, h.ts)}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sha256(path: Path) -> str:

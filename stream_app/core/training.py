@@ -1,7 +1,7 @@
 """Offline training: alternate autoencoder (and predictor) steps with ID refinement rounds.
 
-Round r: `epochs_per_round` passes (or `steps_per_round` gradient steps) on the networks with the current ID tables frozen,
-then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
+Round r: `epochs_per_round` passes (or `steps_per_round` gradient steps) on the networks with the
+current ID tables frozen, then refinement: every entity's target = mean of K codes of random M-subsets of its ratings;
 the common drift of all targets ("breathing") is removed; each vector moves a `smoothing` step
 toward its corrected target. At the end the encoders are frozen and every vector is recomputed
 exactly as serving does (fold-in), so trained and served vectors agree.
@@ -9,6 +9,7 @@ exactly as serving does (fold-in), so trained and served vectors agree.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -26,6 +27,8 @@ from stream_app.core.foldin import SIDES, History, Recommender, other
 from stream_app.core.model import AEVecModel
 from stream_app.core.records import Groups, sample_positions, subset_index
 from stream_app.data.dataset import RatingData
+
+FOLDIN_PRIORS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0)  # fold-in priors tried on validation ratings
 
 
 def set_training_threads(requested: int = 0, leave: int = 0) -> int:
@@ -151,14 +154,14 @@ class EntityBiases:
 
 class Trainer:
     def __init__(self, config: ModelConfig, schema, device: str = "auto", progress: bool = True):
-        self.config = config
+        self.config = dataclasses.replace(config)  # a copy: the values chosen on validation are written into it
         self.schema = schema
         self.device = resolve_device(device)
         self.progress = progress
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.loo: dict[str, torch.Tensor] = {}  # side -> leave-one-out vector of each training rating
-        self.model = AEVecModel(config, schema.user_dim, schema.item_dim, schema.context_dim,
+        self.model = AEVecModel(self.config, schema.user_dim, schema.item_dim, schema.context_dim,
                                 schema.rates_dim).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
@@ -176,10 +179,15 @@ class Trainer:
 
     # ---- public ---------------------------------------------------------------------------
     def fit(self, data: RatingData, checkpoint: Path | None = None, resume: bool = False,
-            log=tqdm.write, on_round: Callable[[RoundStats], None] | None = None) -> tuple[Recommender, dict]:
+            log=tqdm.write, on_round: Callable[[RoundStats], None] | None = None,
+            calibrate: Callable[[Recommender, RatingData, RatingData], dict] | None = None
+            ) -> tuple[Recommender, dict]:
         """Train on `data`; returns the frozen recommender and a report (per-round stats, times).
 
-        on_round: called after each round (a tuner reports the validation RMSE and may raise to stop)."""
+        on_round: called after each round (a tuner reports the validation RMSE and may raise to stop).
+        calibrate: with config.choose_on_validation, called with the recommender whose vectors come from the
+        training part only, that part and the validation ratings, to set serving constants (e.g. the
+        popularity weight) on them; what it returns goes into the report."""
         cfg = self.config
         train_part, valid_part = self._hold_out_validation(data)
         td = TrainingData(train_part, self.schema, self.device, cfg.seed, cfg.bias_reg if cfg.biases else None)
@@ -215,7 +223,7 @@ class Trainer:
         if cfg.objective == "reconstruct":
             self._train_predictor_on_tables(td, state.tables, log)
         report = {"rounds": state.history}
-        recommender = self._freeze(data, train_part, valid_part, td, state, report, log)
+        recommender = self._freeze(data, train_part, valid_part, td, state, report, log, calibrate)
         return recommender, report
 
     # ---- one round of network training --------------------------------------------------------
@@ -414,7 +422,7 @@ class Trainer:
 
     # ---- freezing: the served vectors ------------------------------------------------------------
     def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
-                td: TrainingData, state: TrainState, report: dict, log) -> Recommender:
+                td: TrainingData, state: TrainState, report: dict, log, calibrate=None) -> Recommender:
         """Recompute every vector with the frozen encoders as serving does, fit cold start."""
         self.model.eval()
         cpu_model = self.model.cpu()
@@ -422,28 +430,52 @@ class Trainer:
         rec = Recommender(cpu_model, self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
                           tables["item"].numpy(), td.features["user"].cpu().numpy(),
                           td.features["item"].cpu().numpy(), seed=self.config.seed)
-        self._fold_in_all(rec, train_part)
-        if valid_part is not None and len(valid_part):
+        has_valid = valid_part is not None and len(valid_part) > 0
+        choose = has_valid and self.config.choose_on_validation
+        self._fold_in_all(rec, train_part, valid_part if choose else None, report)
+        if has_valid:
             rmse = rmse_of(rec, valid_part)
             report["valid_rmse_frozen"] = rmse
-            log(f"validation rmse with frozen fold-in vectors: {rmse:.4f}")
+            log(f"validation rmse with frozen fold-in vectors: {rmse:.4f}"
+                + (f" (fold-in prior {self.config.foldin_prior:g}, chosen on it)" if choose else ""))
+            if choose and calibrate is not None:
+                report.update(calibrate(rec, train_part, valid_part))
         self._fold_in_all(rec, data)  # absorb the held-out validation ratings too (no training)
         rec.history = History(data.user, data.item, data.rating, data.ts)
         self.model.to(self.device)
         return rec
 
-    def _fold_in_all(self, rec: Recommender, data: RatingData) -> None:
-        counts = {}
-        for side in SIDES:  # unshrunk: the cold-start regression is fitted to what the encoders say
+    def _fold_in_all(self, rec: Recommender, data: RatingData, valid: RatingData | None = None,
+                     report: dict | None = None) -> None:
+        """Every vector folded in from `data` as serving does: unshrunk first (the cold-start regression is
+        fitted to what the encoders say), then shrunk toward the cold-start vectors by the fold-in prior;
+        with `valid`, the prior is chosen from FOLDIN_PRIORS by validation RMSE (cheap: the shrinkage is closed
+        form) and written into the config."""
+        counts, raw, cold = {}, {}, {}
+        for side in SIDES:
             rec.vectors[side], counts[side] = fold_in_dataset(rec, data, side, prior=0.0)
-        for side in SIDES:  # cold start: fit on entities with ratings; shrink every vector toward it
+        for side in SIDES:
             has = counts[side] > 0
             if has.any():
                 rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
                                          torch.from_numpy(rec.vectors[side][has]))
-            cold = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side]))
-            rec.vectors[side] = rec.model.shrink_to_cold(torch.from_numpy(rec.vectors[side]), cold,
-                                                         torch.from_numpy(counts[side])).numpy()
+            raw[side], counts[side] = torch.from_numpy(rec.vectors[side]), torch.from_numpy(counts[side])
+            cold[side] = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side]))
+
+        def shrink(prior: float) -> None:
+            for side in SIDES:
+                rec.vectors[side] = rec.model.shrink_to_cold(raw[side], cold[side], counts[side], prior).numpy()
+
+        if valid is not None:
+            scores = {}
+            for prior in FOLDIN_PRIORS:
+                shrink(prior)
+                scores[prior] = rmse_of(rec, valid)
+            self.config.foldin_prior = min(scores, key=scores.get)
+            if report is not None:
+                report["foldin_prior"] = {"source": "validation", "chosen": self.config.foldin_prior,
+                                          "validation_rmse": {f"{c:g}": v for c, v in scores.items()}}
+        shrink(self.config.foldin_prior)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _hold_out_validation(self, data: RatingData) -> tuple[RatingData, RatingData | None]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+NO_TIME = -1  # the ts of every rating of an untimed dataset (RatingData.timed False)
+
 
 @dataclass
 class RatingData:
@@ -21,13 +23,14 @@ class RatingData:
     user: np.ndarray  # int64 [n]
     item: np.ndarray  # int64 [n]
     rating: np.ndarray  # float32 [n], stars
-    ts: np.ndarray  # int64 [n], epoch seconds
+    ts: np.ndarray  # int64 [n], epoch seconds (NO_TIME in untimed data)
     user_ids: list[str]
     item_ids: list[str]
     users: list[dict] = field(default_factory=list)
     items: list[dict] = field(default_factory=list)
     rating_scale: tuple[float, float] = (1.0, 5.0)
     extras: dict = field(default_factory=dict)  # e.g. planted factors of synthetic data
+    timed: bool = True  # False: no timestamps (ts = NO_TIME): no rating context, no time-ordered protocols
 
     def __post_init__(self) -> None:
         self.user = np.asarray(self.user, dtype=np.int64)
@@ -68,11 +71,26 @@ class RatingData:
         """Indices of the ratings sorted by time (stable, ties keep file order)."""
         return np.argsort(self.ts, kind="stable")
 
+    def require_time(self, what: str) -> None:
+        """Refuse a time-ordered use (`what`) of untimed data, with a clear message."""
+        if not self.timed:
+            from stream_app.errors import RecsysError
+
+            raise RecsysError(f"{self.name} has no timestamps, so {what} cannot run on it; "
+                              "use the warm or topn protocol, or a dataset with timestamps (e.g. ml-1m, ml-100k)")
+
     def user_index(self) -> dict[str, int]:
         return {raw: u for u, raw in enumerate(self.user_ids)}
 
     def item_index(self) -> dict[str, int]:
         return {raw: i for i, raw in enumerate(self.item_ids)}
+
+
+def group_rows(index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR grouping of rows by an entity index in 0..n-1: (order, bounds), where the rows of entity e
+    are order[bounds[e]:bounds[e + 1]] (in their original order). The one implementation of it."""
+    order = np.argsort(index, kind="stable")
+    return order, np.searchsorted(index[order], np.arange(n + 1))
 
 
 @dataclass

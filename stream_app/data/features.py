@@ -208,7 +208,8 @@ class FeatureSchema:
 
 
 def encode_context(ts) -> np.ndarray:
-    """[n, 9] from epoch seconds (array or scalar): weekday one-hot (Monday first) and hour sin/cos, UTC."""
+    """[n, 9] from epoch seconds (array or scalar): weekday one-hot (Monday first) and hour sin/cos, UTC.
+    A negative ts (NO_TIME: untimed data) is a missing value: its row stays all zero."""
     ts = np.atleast_1d(np.asarray(ts, dtype=np.float64))
     days, seconds = np.divmod(ts, 86400.0)
     weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
@@ -217,6 +218,7 @@ def encode_context(ts) -> np.ndarray:
     out[np.arange(len(ts)), weekday] = 1.0
     out[:, 7] = np.sin(angle)
     out[:, 8] = np.cos(angle)
+    out[ts < 0] = 0.0
     return out
 
 

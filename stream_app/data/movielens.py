@@ -1,4 +1,5 @@
-"""Loaders of the official GroupLens MovieLens formats (100K, 1M, 10M, and the CSV releases).
+"""Loaders of the official GroupLens MovieLens formats (100K, 1M, 10M, and the CSV releases), and of
+ml-1m-ratings, a ratings-only rebuild of ML-1M (CSV without timestamps, users.dat and movies.dat).
 
 Every loader returns a `RatingData` whose users and items are remapped to dense indices in
 ascending numeric order of their original ids. The item universe is the whole catalog (every
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_app.data.dataset import RatingData, Split
+from stream_app.data.dataset import NO_TIME, RatingData, Split
 
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 
@@ -35,6 +36,7 @@ ML1M_OCCUPATIONS = (
 NO_GENRES = "(no genres listed)"
 ENCODING = "latin-1"  # the .dat/u.* files are latin-1; latin-1 also never fails on utf-8 bytes
 _RATING_DTYPE = np.dtype([("user", "i8"), ("item", "i8"), ("rating", "f4"), ("ts", "i8")])
+_UNTIMED_DTYPE = np.dtype([("user", "i8"), ("item", "i8"), ("rating", "f4")])
 _RATING_FIELDS: tuple[tuple[str, Callable], ...] = (
     ("user id", int), ("item id", int), ("rating", float), ("timestamp", int),
 )
@@ -79,6 +81,18 @@ def load_ml10m(root: str | Path) -> RatingData:
     return _build("ml-10m", ratings, {}, _dat_movies(root / "movies.dat"), (0.5, 5.0))
 
 
+def load_ml1m_ratings(root: str | Path) -> RatingData:
+    """ml-1m-ratings: the 1,000,209 ML-1M ratings rebuilt without timestamps (ratings.csv with header
+    `userId,movieId,rating`) beside the published users.dat and movies.dat. Ratings get ts = NO_TIME
+    (the data is untimed: no rating context, no time-ordered protocols). Placeholder movie ids
+    (>= 100000, movies whose MovieID is unknown) have no movies.dat row, so no item data."""
+    root = Path(root)
+    ratings = _read_ratings(root / "ratings.csv", ",", scale=(1.0, 5.0), header=True, timed=False)
+    data = _build("ml-1m-ratings", ratings, _ml1m_users(root / "users.dat"), _dat_movies(root / "movies.dat"),
+                  (1.0, 5.0))
+    return replace(data, timed=False)
+
+
 def load_csv_dataset(root: str | Path, name: str | None = None) -> RatingData:
     """The CSV releases (ml-20m, ml-25m, ml-latest, ml-latest-small): ratings.csv and movies.csv."""
     root = Path(root)
@@ -89,26 +103,34 @@ def load_csv_dataset(root: str | Path, name: str | None = None) -> RatingData:
 # ----------------------------------------------------------------------------- ratings files
 
 
-def _read_ratings(path: Path, sep: str, scale: tuple[float, float], header: bool = False) -> np.ndarray:
-    """user, item, rating, ts columns as a structured array (fast path: np.loadtxt)."""
+def _read_ratings(path: Path, sep: str, scale: tuple[float, float], header: bool = False,
+                  timed: bool = True) -> np.ndarray:
+    """user, item, rating, ts columns as a structured array (fast path: np.loadtxt). timed=False: the
+    file has no timestamp column; ts is NO_TIME."""
     try:
         with open(path, encoding=ENCODING) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data" for empty files
             # loadtxt only takes one-character delimiters: turn `::` into tabs on the fly.
             lines = (line.replace(sep, "\t") for line in f) if len(sep) > 1 else f
-            rows = np.loadtxt(lines, delimiter="\t" if len(sep) > 1 else sep, dtype=_RATING_DTYPE,
+            rows = np.loadtxt(lines, delimiter="\t" if len(sep) > 1 else sep,
+                              dtype=_RATING_DTYPE if timed else _UNTIMED_DTYPE,
                               skiprows=int(header), comments=None, ndmin=1)
     except ValueError as exc:
-        _raise_for_first_bad_line(path, sep, header)
+        _raise_for_first_bad_line(path, sep, header, _RATING_FIELDS if timed else _RATING_FIELDS[:3])
         raise ValueError(f"{path}: could not parse the ratings ({exc})") from None
     _check_ratings(path, rows, scale, header)
+    if not timed:
+        untimed, rows = rows, np.empty(len(rows), _RATING_DTYPE)
+        for name in _UNTIMED_DTYPE.names:
+            rows[name] = untimed[name]
+        rows["ts"] = NO_TIME
     return rows
 
 
-def _raise_for_first_bad_line(path: Path, sep: str, header: bool) -> None:
+def _raise_for_first_bad_line(path: Path, sep: str, header: bool, expected=_RATING_FIELDS) -> None:
     """The slow path, run only after the fast parser failed: find and name the bad line."""
-    for lineno, fields in _split_lines(path, sep, len(_RATING_FIELDS), skip_header=header):
-        for (what, parse), value in zip(_RATING_FIELDS, fields, strict=True):
+    for lineno, fields in _split_lines(path, sep, len(expected), skip_header=header):
+        for (what, parse), value in zip(expected, fields, strict=True):
             _parse_field(value, parse, what, path, lineno)
 
 

@@ -27,11 +27,12 @@ from stream_app.data.movielens import (
     ML100K_SPLITS,
     load_csv_dataset,
     load_ml1m,
+    load_ml1m_ratings,
     load_ml10m,
     load_ml100k,
     load_ml100k_split,
 )
-from stream_app.errors import DataNotFoundError, RecsysError
+from stream_app.errors import DataNotFoundError, RecsysError, UnknownNameError
 from stream_app.settings import Settings
 
 # Base of the download URLs; tests point it (or `download_dataset(base_url=...)`) at a file:// folder.
@@ -53,11 +54,18 @@ class DatasetInfo:
     marker: str  # ratings file whose presence marks a complete dataset folder
     loader: Callable[[Path], RatingData]
     about: str
+    # mirror_only: not published by GroupLens (no download); the mirror's folder is the only source,
+    # checked file by file against files_sha256 ((file name, sha256), ...) whenever it is used.
+    mirror_only: bool = False
+    files_sha256: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
         return f"{GROUPLENS_URL}/{self.name}.zip"
 
+
+# ratings.csv of the ml-1m-ratings rebuild, from the table in its README (shared/data/ml-1m-ratings).
+ML1M_RATINGS_SHA256 = "a90b4358209912725356949c420c7db533243f1f729b024ef65acb7cb9f96795"
 
 # sha256 values: tensorflow/datasets, tensorflow_datasets/url_checksums/movielens.txt.
 # ml-10m is not listed there (GroupLens publishes only an MD5), so it is unverifiable here.
@@ -68,6 +76,9 @@ DATASETS: dict[str, DatasetInfo] = {
                     "ml-100k", "u.data", load_ml100k, "100K ratings, 943 users, 1682 movies, user data"),
         DatasetInfo("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
                     "ml-1m", "ratings.dat", load_ml1m, "1M ratings, 6040 users, user data"),
+        DatasetInfo("ml-1m-ratings", None, "ml-1m-ratings", "ratings.csv", load_ml1m_ratings,
+                    "ML-1M ratings rebuilt without timestamps (mirror only), user data", mirror_only=True,
+                    files_sha256=(("ratings.csv", ML1M_RATINGS_SHA256),)),
         DatasetInfo("ml-10m", None, "ml-10M100K", "ratings.dat", load_ml10m,
                     "10M ratings, half stars, no user data"),
         DatasetInfo("ml-20m", "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
@@ -85,7 +96,8 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, SYNTHETIC])}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join([*DATASETS, SYNTHETIC])} "
+                               "(see `recsys data list`)")
     return DATASETS[name]
 
 
@@ -117,6 +129,8 @@ def find_in_mirror(name: str, settings: Settings) -> Path | None:
     for folder in dict.fromkeys((name, info.folder)):
         if _is_complete(mirror / folder, info):
             return mirror / folder
+    if info.mirror_only:
+        return None  # a folder only: there is no official zip to verify
     return mirror / f"{name}.zip" if (mirror / f"{name}.zip").is_file() else None
 
 
@@ -131,7 +145,7 @@ def resolve_dataset_dir(name: str, settings: Settings | None = None) -> Path:
     info = dataset_info(name)
     source = find_in_mirror(name, settings)
     if source is not None and source.is_dir():
-        return source
+        return _verify_folder(info, source)
     cached = find_in_cache(name, settings)
     if cached is not None:
         return cached  # a mirror zip already extracted (and verified) earlier
@@ -141,11 +155,15 @@ def resolve_dataset_dir(name: str, settings: Settings | None = None) -> Path:
     where = f"the cache ({cache_dir(name, settings)})"
     if settings.data_mirror:
         where += f" or the mirror ({mirror_root(settings)})"
-    raise DataNotFoundError(
-        f"dataset {name} is not in {where}. Fix: run `recsys data download {name}`, or set "
-        f"RECSYS_DATA_MIRROR=/path/to/folder, a folder holding {name}/ or {name}.zip "
-        f"(e.g. RECSYS_DATA_MIRROR=../shared/data)"
-    )
+    if info.mirror_only:
+        raise DataNotFoundError(_mirror_only_message(info, settings, where))
+    raise DataNotFoundError(f"dataset {name} is not in {where}: {how_to_get(name)}")
+
+
+def how_to_get(name: str) -> str:
+    """The fix for a dataset that is not there (one line)."""
+    return (f"run `recsys data download {name}`, or set RECSYS_DATA_MIRROR to a folder holding "
+            f"{name}/ or {name}.zip")
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -162,7 +180,9 @@ def download_dataset(name: str, settings: Settings | None = None, verify: bool =
     target.parent.mkdir(parents=True, exist_ok=True)
     source = find_in_mirror(name, settings)
     if source is not None and source.is_dir():
-        return _copy_folder(source, info, target)
+        return _copy_folder(_verify_folder(info, source) if verify else source, info, target)
+    if info.mirror_only:
+        raise DataNotFoundError(_mirror_only_message(info, settings, f"the mirror ({mirror_root(settings)})"))
     if source is not None:
         _verify_file(info, source, verify)
         return _extract(source, info, target)
@@ -192,11 +212,29 @@ def _fetch(url: str, folder: Path, progress: bool) -> tuple[Path, str]:
                     bar.update(len(chunk))
     except OSError as exc:  # URLError and HTTPError are OSErrors
         Path(tmp).unlink(missing_ok=True)
-        raise RecsysError(f"could not download {url}: {exc}") from exc
+        name = Path(urlparse(url).path).stem
+        raise RecsysError(f"could not download {url} ({exc}); offline? set RECSYS_DATA_MIRROR to a folder "
+                          f"holding {name}/ or {name}.zip") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp), digest.hexdigest()
+
+
+def _mirror_only_message(info: DatasetInfo, settings: Settings, where: str) -> str:
+    return (f"dataset {info.name} is not in {where}, and it cannot be downloaded: GroupLens does not publish it "
+            f"({info.about}): set RECSYS_DATA_MIRROR to a folder holding {info.name}/ with "
+            f"{', '.join(f for f, _ in info.files_sha256)}")
+
+
+def _verify_folder(info: DatasetInfo, folder: Path) -> Path:
+    """Check the folder's files listed in info.files_sha256; return the folder."""
+    for file, expected in info.files_sha256:
+        got = _sha256_file(folder / file)
+        if got != expected:
+            raise ChecksumError(f"sha256 mismatch for {folder / file}: expected {expected}, got {got}; the file "
+                                f"is corrupt or not the {info.name} build this project knows")
+    return folder
 
 
 def _verify_file(info: DatasetInfo, path: Path, verify: bool) -> None:
@@ -292,9 +330,11 @@ def load_split(name: str, split: str | None = None, settings: Settings | None = 
     """ml-100k: official u1..u5/ua/ub splits (default u1). Any dataset: "random" = 90/10 random
     rating split with `seed` (the ML-1M protocol, default elsewhere), "none" = empty test set.
     `data`: the already loaded full dataset, to avoid loading it twice."""
+    if name != SYNTHETIC:
+        dataset_info(name)  # an unknown name is named as such, not as an unknown split
     split = split or split_names(name)[0]
     if split not in split_names(name):
-        raise ValueError(f"unknown split {split!r} for {name}; valid: {', '.join(split_names(name))}")
+        raise UnknownNameError(f"unknown split {split!r} for {name}; valid: {', '.join(split_names(name))}")
     if split in ML100K_SPLITS:
         return load_ml100k_split(resolve_dataset_dir(name, settings), split, full=data)
     data = data if data is not None else load_dataset(name, settings)

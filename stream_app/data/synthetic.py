@@ -57,6 +57,14 @@ def make_synthetic(n_users: int = 600, n_items: int = 400, n_factors: int = 4,
     )
 
 
+# Below this many user x item Gumbel keys, users are sampled one by one with a full-catalogue Gumbel
+# top-k (the original sampler: same data for a given seed as before); above it, in batches (memory and
+# time proportional to the ratings). Both draw each user's items by successive sampling without
+# replacement with probability proportional to popularity: the same distribution.
+GUMBEL_KEYS = 1 << 25
+_ROUNDS = 8  # batched rounds before the few users still short of items finish with a Gumbel top-k
+
+
 def _sample_pairs(rng: np.random.Generator, n_users: int, n_items: int,
                   mean_per_user: float) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) pairs: heavy-tailed activity per user and popularity per item."""
@@ -65,12 +73,53 @@ def _sample_pairs(rng: np.random.Generator, n_users: int, n_items: int,
     counts = np.clip(np.round(activity), 1, max(1, int(0.6 * n_items))).astype(np.int64)
     popularity = rng.lognormal(0.0, 1.5, n_items)
     log_pop = np.log(popularity / popularity.sum())
-    items = []
-    for count in counts:
-        # Gumbel top-k: a weighted sample without replacement, much faster than rng.choice(p=...).
-        keys = log_pop + rng.gumbel(size=n_items)
-        items.append(np.argpartition(-keys, count - 1)[:count])
-    return np.repeat(np.arange(n_users), counts), np.concatenate(items).astype(np.int64)
+    if n_users * n_items <= GUMBEL_KEYS:
+        items = [_gumbel_top(rng, log_pop, count) for count in counts]
+        return np.repeat(np.arange(n_users), counts), np.concatenate(items).astype(np.int64)
+    return _sample_batched(rng, counts, log_pop)
+
+
+def _gumbel_top(rng: np.random.Generator, log_pop: np.ndarray, count: int) -> np.ndarray:
+    """A weighted sample of `count` items without replacement (Gumbel top-k); -inf keys are never drawn.
+    A copy, so the full-catalogue key and index arrays are freed at once."""
+    keys = log_pop + rng.gumbel(size=len(log_pop))
+    return np.argpartition(-keys, count - 1)[:count].copy()
+
+
+def _sample_batched(rng: np.random.Generator, counts: np.ndarray, log_pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first `count` distinct items of an i.i.d. popularity-weighted stream, drawn in
+    rounds: each round draws every user's missing number of items and keeps the new distinct ones.
+    Memory is a few arrays of the number of ratings (no user x catalogue array)."""
+    n_users, n_items = len(counts), len(log_pop)
+    cdf = np.cumsum(np.exp(log_pop - log_pop.max()))
+    chosen = np.empty(0, np.int64)  # sorted keys user * n_items + item
+    need = counts.copy()
+    for _ in range(_ROUNDS):
+        active = np.flatnonzero(need)
+        if not len(active):
+            break
+        user = np.repeat(active, need[active])
+        item = np.minimum(np.searchsorted(cdf, rng.random(len(user)) * cdf[-1], side="right"), n_items - 1)
+        chosen = _sorted_unique(np.concatenate([chosen, user * n_items + item]))  # repeats fall together
+        del user, item
+        need = counts - np.bincount(chosen // n_items, minlength=n_users)
+    short = np.flatnonzero(need)
+    if len(short):  # finish with a Gumbel top-k over each one's items not yet drawn (the same conditional law)
+        starts = np.searchsorted(chosen, short * n_items)
+        extra = []
+        for u, start in zip(short.tolist(), starts.tolist(), strict=True):
+            has = chosen[start:start + counts[u] - need[u]] - u * n_items
+            masked = log_pop.copy()
+            masked[has] = -np.inf
+            extra.append(u * n_items + _gumbel_top(rng, masked, int(need[u])))
+        chosen = _sorted_unique(np.concatenate([chosen, *extra]))
+    return chosen // n_items, chosen % n_items
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """np.unique by sorting in place (numpy 2's hash-based unique is many times slower on int64 keys here)."""
+    keys.sort()
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
 
 
 def _timestamps(rng: np.random.Generator, user: np.ndarray, n_users: int) -> np.ndarray:

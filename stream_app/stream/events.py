@@ -144,7 +144,9 @@ class ItemVectorUpdate(_Plain):
 @dataclass
 class Recommendations(_Plain):
     user_id: str
-    items: list  # [{"item_id": str, "score": float}], best first
+    # [{"item_id": str, "score": float, "rank_score": float}], best first: ranked by rank_score (predicted
+    # stars + the popularity term, Recommender.rank_scores); score = the predicted stars
+    items: list
     model_version: str
     ts: float
     request_id: str | None = None  # only on the wire when answering a request
@@ -178,10 +180,17 @@ def vector_update(side: str, entity_id: str, vector, n_ratings: int, model_versi
     return cls(**fields)
 
 
+SCORE_DECIMALS = 4  # scores on the wire: 4.2965, not 4.296545505523682
+
+
 def recommendations(user_id: str, items: list[tuple[str, float]], model_version: str,
-                    request_id: str | None = None) -> Recommendations:
-    return Recommendations(user_id=user_id, items=[{"item_id": i, "score": _finite(s)} for i, s in items],
-                           model_version=model_version, ts=time.time(), request_id=request_id)
+                    request_id: str | None = None, rank_scores: list[float] | None = None) -> Recommendations:
+    """A top-N list of (item id, predicted stars), best first, with each item's rank score if given."""
+    entries = [{"item_id": i, "score": round(_finite(s), SCORE_DECIMALS)} for i, s in items]
+    for entry, rank in zip(entries, rank_scores or [], strict=False):
+        entry["rank_score"] = round(_finite(rank), SCORE_DECIMALS)
+    return Recommendations(user_id=user_id, items=entries, model_version=model_version, ts=time.time(),
+                           request_id=request_id)
 
 
 def dead_letter(source_topic: str, partition: int, offset: int, raw: bytes | None, error: EventError,

@@ -286,6 +286,14 @@ class FoldInService:
             results.append([(ids[cand[i]], s) for i, s in rec.top_n(stars, counts[cand], int(q.n))])
         return results
 
+    def rank_scores(self, top: list[tuple[str, float]]) -> list[float]:
+        """What a top-N list from recommend_many is ranked by, per entry: Recommender.rank_scores of the
+        predicted stars with the catalogue's rating counts."""
+        if not top:
+            return []
+        counts = self.catalogue.counts[[self.catalogue.index_of(i) for i, _ in top]]
+        return [float(x) for x in self.rec.rank_scores(np.array([s for _, s in top], np.float64), counts)]
+
 
 def _now() -> float:
     import time

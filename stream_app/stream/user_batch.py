@@ -143,7 +143,8 @@ def recommend(out: Outcome, states: dict[str, st.EntityState], rated: dict[str, 
         return
     started = time.perf_counter()
     results = ctx.service.recommend_many(queries)
+    ranks = [ctx.service.rank_scores(top) for top in results]  # what each list is ordered by
     ctx.metrics.recommend_seconds.observe(time.perf_counter() - started)
-    for (uid, request_id, sources), top in zip(meta, results, strict=True):
-        value = ev.recommendations(uid, top, ctx.model_version, request_id=request_id)
+    for (uid, request_id, sources), top, rank in zip(meta, results, ranks, strict=True):
+        value = ev.recommendations(uid, top, ctx.model_version, request_id=request_id, rank_scores=rank)
         out.outputs.append(Output("recommendations", uid, value, sources, metric="recommendations"))

@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from stream_app.data.dataset import RatingData
+from stream_app.data.dataset import RatingData, Split
+from stream_app.evaluation.tuning import BaselineSet, describe, prepare
 
 
 class _Histories:
@@ -125,3 +126,25 @@ def run_prequential(systems: list, stream: RatingData, chunk: int = 1, points: i
                             "seconds": time.perf_counter() - started,
                             "curve": {"n": curve_n, "rmse": curve_rmse}}
     return out
+
+
+def prequential(split: Split, rec=None, baselines=None, peers: list | None = None,
+                chunk: int = 1, limit: int | None = None, window: int = 0, log=print) -> dict:
+    """Predict-then-update over the test ratings in time order (see this module's top).
+    baselines: a tuning.BaselineSet or {name: factory}.
+    `peers`: extra stream systems (objects with name, predict(u, i, ts), update(u, i, r, ts))."""
+    split.test.require_time("the prequential protocol (test ratings streamed in time order)")
+    if isinstance(baselines, BaselineSet):
+        baselines = baselines.without_rankers("prequential")
+    prepared = prepare(baselines, split.train, log)
+    systems = []
+    if rec is not None:
+        systems.append(AEVecStream(rec, split.train, window))
+    for name, make in prepared.factories.items():
+        systems.append(BaselineStream(make().fit(split.train), split.train, name))
+    systems.extend(peers or [])
+    n = min(len(split.test), limit) if limit else len(split.test)
+    log(f"prequential: {n} test ratings in time order, chunk {chunk}, systems {[s.name for s in systems]}")
+    results = run_prequential(systems, split.test, chunk=chunk, limit=limit)
+    return {"protocol": "prequential", "stream": n, "chunk": chunk, "window": window, "systems": results,
+            **describe(split, prepared.record, baselines.seed if isinstance(baselines, BaselineSet) else None)}

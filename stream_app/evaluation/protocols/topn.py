@@ -13,7 +13,11 @@ import time
 
 import numpy as np
 
-from stream_app.data.dataset import RatingData
+from stream_app.data.dataset import RatingData, Split, group_rows
+from stream_app.evaluation.tuning import BaselineSet, describe, prepare
+
+POPULARITY_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)  # NAME+pop: on validation
+VALIDATION_USERS = 1000  # users the popularity weight is chosen on (a seeded sample of the validation users)
 
 
 def baseline_scorer(model):
@@ -112,7 +116,63 @@ def evaluate_topn(scorers: dict, train: RatingData, test: RatingData, n: int = 1
     return out
 
 
+def topn(split: Split, rec=None, baselines=None, n: int = 10, log=print) -> dict:
+    """Our model ranked as served ("aevec": stars + popularity term) and by stars alone ("aevec-stars");
+    each baseline by its scores and with the same popularity term ("NAME+pop"), so the term is not an
+    advantage of ours alone; and popularity itself. baselines: a tuning.BaselineSet (hyperparameters,
+    and each baseline's popularity weight, chosen on a validation split of the training ratings;
+    rankers such as EASE included) or {name: factory} (popularity weight: our model's)."""
+    from stream_app.core.config import ModelConfig
+
+    weight = (rec.model.config if rec is not None else ModelConfig()).popularity_weight
+    prepared = prepare(baselines, split.train, log)
+    scorers = {"popularity": popularity_scorer(split.train)}  # the non-personalised reference
+    if rec is not None:
+        scorers["aevec"] = aevec_scorer(rec)
+        scorers["aevec-stars"] = aevec_scorer(rec, popularity=False)
+    for name, make in prepared.factories.items():
+        log(f"topn: fitting {name}")
+        scorers[name] = baseline_scorer(make().fit(split.train))
+        w = weight
+        if name in prepared.fitted:
+            w, prepared.record[name]["popularity_weight"] = _tuned_weight(prepared, name, n, baselines.seed)
+            log(f"topn: {name}+pop weight {w:g} (validation)")
+        if w or name in prepared.fitted:
+            scorers[f"{name}+pop"] = with_popularity(scorers[name], split.train, w)
+    return {"protocol": "topn", "n": n, "popularity_weight": weight,
+            "systems": evaluate_topn(scorers, split.train, split.test, n=n),
+            **describe(split, prepared.record, baselines.seed if isinstance(baselines, BaselineSet) else None)}
+
+
+def _tuned_weight(prepared, name: str, n: int, seed: int) -> tuple[float, dict]:
+    """The popularity weight of NAME+pop with the best validation NDCG@n (the model fitted on the fit part)."""
+    return tuned_popularity_weight(baseline_scorer(prepared.fitted[name]), prepared.validation.train,
+                                   prepared.validation.test, n, seed)
+
+
+def tuned_popularity_weight(base, fit: RatingData, valid: RatingData, n: int = 10, seed: int = 0
+                            ) -> tuple[float, dict]:
+    """The weight w of `base` + w ln(1 + training ratings of the item) with the best NDCG@n on `valid`
+    (at most VALIDATION_USERS of its users, a seeded sample), and a record of the choice."""
+    users = np.unique(valid.user)
+    if len(users) > VALIDATION_USERS:
+        users = np.random.default_rng(seed).choice(users, VALIDATION_USERS, replace=False)
+        valid = valid.subset(np.isin(valid.user, users))
+    scores = evaluate_topn({f"{w:g}": with_popularity(base, fit, w) for w in POPULARITY_WEIGHTS}, fit, valid, n=n)
+    ndcg = {w: scores[w]["ndcg"] for w in scores}
+    best = max(POPULARITY_WEIGHTS, key=lambda w: ndcg[f"{w:g}"])
+    return best, {"source": "validation", "chosen": best, "metric": f"ndcg@{n}", "validation": ndcg,
+                  "validation_users": int(len(users))}
+
+
+def calibrate_popularity(rec, train: RatingData, valid: RatingData, n: int = 10) -> dict:
+    """Set our model's popularity weight (how served lists rank) on validation ratings: the served
+    stars plus w ln(1 + ratings), w with the best validation NDCG@n. For Trainer.fit(calibrate=...)."""
+    w, record = tuned_popularity_weight(served_stars(rec), train, valid, n, rec.model.config.seed)
+    rec.model.config.popularity_weight = w
+    return {"popularity_weight": record}
+
+
 def _by_user(user: np.ndarray, item: np.ndarray, n_users: int) -> dict[int, np.ndarray]:
-    order = np.argsort(user, kind="stable")
-    bounds = np.searchsorted(user[order], np.arange(n_users + 1))
+    order, bounds = group_rows(user, n_users)
     return {u: item[order[bounds[u]:bounds[u + 1]]] for u in range(n_users) if bounds[u + 1] > bounds[u]}

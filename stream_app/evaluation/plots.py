@@ -1,4 +1,5 @@
-"""PNG plots people look at instead of reading numbers (matplotlib, headless)."""
+"""PNG plots people look at instead of reading numbers (matplotlib, headless): training curves,
+and each protocol's result (fold-in: RMSE vs k; prequential: running RMSE)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from stream_app.evaluation.protocols.foldin import at_k  # noqa: E402
 
 
 def plot_training(report: dict, out: str | Path, title: str = "") -> Path:
@@ -56,3 +59,20 @@ def plot_lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: st
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+def plot_protocol(result: dict, out) -> None:
+    """Fold-in: RMSE vs k for every system; prequential: running RMSE; others: nothing to plot."""
+    proto, systems = result["protocol"], result["systems"]
+    if proto.startswith("foldin"):
+        series = {}
+        for name, by_k in systems.items():
+            ks = sorted(int(k) for k in by_k)
+            series[name] = (ks, [at_k(by_k, k)["rmse"] for k in ks])
+        side = proto.split("-")[1].rstrip("s")
+        plot_lines(series, out, f"revealed ratings per held-out {side}", "RMSE on the rest",
+                   f"fold-in of new {side}s" + (" (quick)" if result.get("quick") else ""))
+    elif proto == "prequential":
+        series = {name: (m["curve"]["n"], m["curve"]["rmse"]) for name, m in systems.items()}
+        plot_lines(series, out, "ratings streamed (time order)", "running RMSE",
+                   "prequential: predict, then update" + (" (quick)" if result.get("quick") else ""), marker="")

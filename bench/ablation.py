@@ -1,0 +1,108 @@
+"""Model ablation: train several configs on one split, side by side; validation RMSE per round, the frozen
+(served) validation RMSE, test RMSE and time. Choices are made on validation; test is reported only.
+
+    python bench/ablation.py --run base='{"biases": false}' --run biases='{}' --json out.json --png out.png
+    python bench/ablation.py --replot out.json --png out.png   # redraw from a JSON
+
+Each run is one `Trainer.fit` of `ModelConfig(**json)` (defaults for the rest) with torch threads set by
+--threads. Runs are sequential: wall times are comparable only on a quiet machine (the JSON records the
+load average at the start and end of each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="ml-100k")
+    p.add_argument("--split", default="u1")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=JSON",
+                   help="a config to train: NAME='{\"field\": value, ...}' (repeatable)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default="bench/results/ablation.json")
+    p.add_argument("--png", default="bench/results/ablation.png")
+    p.add_argument("--replot", default=None, help="only redraw --png from this JSON")
+    args = p.parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args.png)
+        return 0
+    if not args.run:
+        p.error("give at least one --run NAME=JSON")
+    results = {"data": args.data, "split": args.split, "threads": args.threads, "machine": platform.machine(),
+               "hyperparameter_source": "the configs given; test ratings are reported, never used to choose",
+               "runs": {}}
+    for spec in args.run:
+        name, _, text = spec.partition("=")
+        results["runs"][name] = train_one(args, json.loads(text or "{}"))
+        print(row(name, results["runs"][name]), flush=True)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    plot(results, args.png)
+    print(f"wrote {args.json} and {args.png}")
+    return 0
+
+
+def train_one(args, overrides: dict) -> dict:
+    import torch
+
+    from stream_app.core.config import ModelConfig
+    from stream_app.core.training import Trainer, rmse_of
+    from stream_app.data.features import FeatureSchema
+    from stream_app.data.registry import load_split
+    from stream_app.settings import Settings
+
+    torch.set_num_threads(args.threads)
+    split = load_split(args.data, args.split, Settings.from_env(), seed=0)
+    config = ModelConfig(**overrides)
+    per_round: list[float | None] = []
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    rec, report = Trainer(config, FeatureSchema.fit(split.train), device="cpu", progress=False).fit(
+        split.train, log=lambda line: None, on_round=lambda stats: per_round.append(stats.valid_rmse))
+    seconds = time.perf_counter() - started
+    return {"config": overrides, "valid_rmse_per_round": per_round,
+            "valid_rmse_frozen": report.get("valid_rmse_frozen"),
+            "test_rmse": rmse_of(rec, split.test) if len(split.test) else None, "train_seconds": seconds,
+            "chosen": {k: report[k]["chosen"] for k in ("foldin_prior",) if k in report},
+            "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def row(name: str, r: dict) -> str:
+    test = "-" if r["test_rmse"] is None else f"{r['test_rmse']:.4f}"
+    return (f"{name:24s} valid(frozen) {r['valid_rmse_frozen']:.4f}  test {test}  "
+            f"{r['train_seconds']:.0f} s  load {r['load_average'][0]:.1f}->{r['load_average'][1]:.1f}")
+
+
+def plot(results: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, r in results["runs"].items():
+        ys = r["valid_rmse_per_round"]
+        frozen = r["valid_rmse_frozen"]
+        label = f"{name} (frozen {frozen:.4f})" if frozen is not None else f"{name} (unfinished)"
+        ax.plot(range(1, len(ys) + 1), ys, marker=".", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation RMSE (stars)")
+    ax.set_title(f"ablation on {results['data']} {results['split']}: validation RMSE per round")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
