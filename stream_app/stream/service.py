@@ -276,14 +276,16 @@ class FoldInService:
         exclude = [np.fromiter(self.excluded_rows(q.user_id, q.state), np.int64) for q in queries]
         k = max(plan.candidates, max(int(q.n) for q in queries))
         rows = cs.candidate_rows(cat.derived("candidate_basis", cs.basis_columns), weights, prior, k, exclude)
-        results = []
-        for b, (q, cand) in enumerate(zip(queries, rows, strict=True)):
-            if not len(cand):
-                results.append([])
-                continue
-            stars = rec.score_items(rec.item_part(vectors[cand], features[cand]), uv[b:b + 1], ud[b:b + 1],
-                                    ts[b:b + 1])[0]
-            results.append([(ids[cand[i]], s) for i, s in rec.top_n(stars, counts[cand], int(q.n))])
+        # every user's candidates scored in one predictor call over (user, candidate) pairs
+        flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(len(queries)), [len(r) for r in rows])
+        stars = (rec.predict_rates(uv[owner], ud[owner], vectors[flat], features[flat], ts[owner])[:, 0]
+                 if len(flat) else np.zeros(0, np.float32))
+        results, start = [], 0
+        for q, cand in zip(queries, rows, strict=True):
+            mine, start = stars[start:start + len(cand)], start + len(cand)
+            results.append([(ids[cand[i]], s) for i, s in rec.top_n(mine, counts[cand], int(q.n))] if len(cand)
+                           else [])
         return results
 
     def rank_scores(self, top: list[tuple[str, float]]) -> list[float]:
