@@ -98,7 +98,7 @@ def test_cli_detach_status_stop(tansu, tmp_path, monkeypatch, capsys):
         assert state["port"] == port
         assert embedded.is_reachable(f"127.0.0.1:{port}")
 
-        assert main(["broker", "--detach", "--port", str(free_port())]) == 1  # one at a time
+        assert main(["broker", "--detach", "--port", str(free_port())]) == 2  # one at a time (a usage error)
         assert "already runs" in capsys.readouterr().err
 
         assert main(["broker", "--status"]) == 0

@@ -81,7 +81,8 @@ CONFIG_HELP = {
     "cold_ridge": "ridge penalty of the side-data -> vector cold-start regression",
     "foldin_prior": "pseudo-ratings the cold-start vector counts for when folding in an entity",
     "popularity_weight": "top-N lists rank by predicted stars + w * ln(1 + ratings of the item)",
-    "valid_fraction": "training ratings held out to report the validation error",
+    "valid_fraction": "training ratings held out to report the validation error (and choose on)",
+    "choose_on_validation": "choose foldin_prior and popularity_weight on the validation ratings after training",
 }
 
 
