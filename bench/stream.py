@@ -21,8 +21,12 @@ One run measures, side by side on the same broker and machine (compare the ratio
   the time until a consumer here sees the output is reported beside it.
 - fold-in: vectors/s of Recommender.fold_in (frozen set encoder, K subsets) at batch sizes 1/16/64,
   64-rating windows, against the closed-form ALS fold-in (stream_app/baselines/als.py ALSMF).
-- top-10 over the ~3.7K-item catalogue: FoldInService.recommend (the predictor scores every item) against
-  an MF dot product + argpartition.
+- top-10 over the ~3.7K-item catalogue and over a synthetic 40 000-item one (trained items' vectors plus
+  noise): FoldInService.recommend as served (exact scoring up to RECSYS_TOPN_EXACT_ITEMS items, two-stage
+  above: core/candidates.py), the same with exact scoring, recall@10 of the served lists against the exact
+  ones, and an MF dot product + argpartition.
+- per worker: messages and bytes (keys + values) written per rating, by topic, and the worker's RSS after
+  the drain.
 
 The model is trained here (and cached in bench/.cache/) on synthetic data shaped like ML-1M (6040 users,
 3706 items), for a few steps only with the default network sizes: quality is irrelevant, cost is not.
@@ -60,8 +64,9 @@ INPUTS = ("ratings", "users", "items", "recommend-requests")  # not counted as m
 NOOP_FACTOR = 5  # the no-op drains this many times more ratings (else it is over in a fraction of a second)
 # ModelConfig overrides: default network sizes (what serving costs), a few training steps (what the bench can afford)
 MODEL = dict(rounds=2, steps_per_round=15, seed=0)
-FULL = dict(ratings_per_user=20, drain=6000, loads=((100, 8.0), (1000, 4.0)), micro_repeats=30)
-QUICK = dict(ratings_per_user=12, drain=2500, loads=((100, 5.0), (1000, 2.0)), micro_repeats=10)
+FULL = dict(ratings_per_user=20, drain=6000, loads=((100, 8.0), (500, 6.0), (1000, 4.0)), micro_repeats=30)
+QUICK = dict(ratings_per_user=12, drain=2500, loads=((100, 5.0), (500, 3.0), (1000, 2.0)), micro_repeats=10)
+BIG_CATALOGUE = 40_000  # items of the synthetic catalogue of the second top-10 micro
 
 
 # ---------------------------------------------------------------------------------------------- artifact
@@ -146,11 +151,12 @@ def micro(artifacts: Path, repeats: int) -> dict:
             for j in range(b):
                 als.fold_in("user", 0, raters[j], stars[j])
         als_rate[b] = b / timed(fold, repeats)
-    # top-10 over the catalogue
+    # top-10 over the catalogue, and over a synthetic 40 000-item one; recall@10 against exact scoring
     service = FoldInService(rec)
     users = [str(u) for u in rng.choice(rec.ids["user"], 32)]
-    queries = iter(users * 1000)
-    ours_top = timed(lambda: service.recommend(next(queries), None, 10, 1.6e9), repeats * 3)
+    top10 = {"items": len(service.catalogue), **top10_micro(service, users, repeats)}
+    grow_catalogue(service, BIG_CATALOGUE, rng)
+    top10_big = {"items": len(service.catalogue), **top10_micro(service, users, repeats)}
     mf_users = iter(rng.integers(0, len(rec.ids["user"]), 100000))
 
     def mf_top():
@@ -163,7 +169,40 @@ def micro(artifacts: Path, repeats: int) -> dict:
     mf = timed(mf_top, repeats * 3)
     return {"foldin_vectors_per_s": {"ours": ours, "als": als_rate, "window": window,
                                      "k_samples": rec.model.config.k_samples, "m_records": rec.model.config.m_records},
-            "top10_ms": {"ours": ours_top * 1e3, "mf": mf * 1e3, "items": len(service.catalogue)}}
+            "top10_ms": {"ours": top10["ms"], "mf": mf * 1e3, "items": top10["items"], "exact": top10["exact_ms"],
+                         "recall_at_10": top10["recall_at_10"], "two_stage": top10["two_stage"]},
+            "top10_big_ms": {"ours": top10_big["ms"], "items": top10_big["items"], "exact": top10_big["exact_ms"],
+                             "recall_at_10": top10_big["recall_at_10"], "two_stage": top10_big["two_stage"]}}
+
+
+def top10_micro(service, users: list[str], repeats: int) -> dict:
+    """Median ms of one user's top-10 as served (two-stage above the exact-scoring size) and with exact
+    scoring of every item, and recall@10 of the served lists against the exact ones."""
+    from stream_app.core.candidates import TwoStage, recall_at
+
+    served = service.two_stage
+    queries = iter(users * 1000)
+    ms = timed(lambda: service.recommend(next(queries), None, 10, 1.6e9), repeats * 3) * 1e3
+    lists = [service.recommend(u, None, 10, 1.6e9) for u in users]
+    service.two_stage = TwoStage(exact_max=1 << 62)
+    try:
+        exact_ms = timed(lambda: service.recommend(next(queries), None, 10, 1.6e9), repeats) * 1e3
+        exact = [service.recommend(u, None, 10, 1.6e9) for u in users]
+    finally:
+        service.two_stage = served
+    return {"ms": ms, "exact_ms": exact_ms, "recall_at_10": recall_at(10, lists, exact),
+            "two_stage": served.applies(len(service.catalogue))}
+
+
+def grow_catalogue(service, size: int, rng) -> None:
+    """Synthetic items up to `size`: trained items' vectors plus noise (30% of each dimension's spread),
+    their side data and rating counts."""
+    cat = service.catalogue
+    vectors, features, counts = cat.vectors.copy(), cat.features.copy(), cat.counts.copy()
+    spread = vectors.std(axis=0)
+    for j, src in enumerate(rng.integers(len(vectors), size=max(size - len(vectors), 0))):
+        noise = rng.normal(0, 0.3, vectors.shape[1]).astype(np.float32) * spread
+        cat.upsert(f"synthetic-{j}", vectors[src] + noise, features[src], counts[src])
 
 
 # ---------------------------------------------------------------------------------------------- stream
@@ -173,8 +212,9 @@ def noop_worker() -> None:
     batches of the ratings topic and only counts them (served as JSON on /count)."""
     from faust.worker import Worker
 
-    from stream_app.app import FastFetchApp, faust_config
     from stream_app.settings import Settings
+    from stream_app.worker.delivery import FastFetchApp
+    from stream_app.worker.topics import faust_config
 
     settings = Settings.from_env()
     config = dict(faust_config(settings), web_enabled=True, web_port=settings.web_port)  # Faust's web for /count
@@ -197,8 +237,8 @@ def noop_worker() -> None:
 
 def worker_topics(app_id: str) -> dict[str, str]:
     """Topics the worker names after its app id: the internal forward, the catalogue, the tables' changelogs."""
-    from stream_app.app import catalogue_topic, internal_topic
     from stream_app.settings import Settings
+    from stream_app.worker.topics import catalogue_topic, internal_topic
 
     settings = Settings(app_id=app_id)
     return {"item-updates": internal_topic(settings), "catalogue": catalogue_topic(settings),
@@ -209,8 +249,8 @@ class Run:
     """One worker configuration on its own topics, app id and store."""
 
     def __init__(self, kind: str, broker, artifacts: Path, tmp: Path, tag: str):
-        """kind: noop, rec-off or rec-on, then any number of +batch (RECSYS_PRODUCER_BATCHING on: what a real
-        Kafka deployment can use; tansu's end offsets break changelog recovery with it) or +SETTING=VALUE
+        """kind: noop, rec-off or rec-on, then any number of +batch / +nobatch (RECSYS_PRODUCER_BATCHING on / off;
+        default: the setting's default) or +SETTING=VALUE
         (RECSYS_SETTING=VALUE for this worker), then optionally @REV: the service code of git revision REV
         (see baseline())."""
         from stream_app.broker import free_port
@@ -231,7 +271,8 @@ class Run:
                         RECSYS_STORE_DIR=str(tmp / f"stores-{self.prefix}"), RECSYS_WEB_PORT=str(self.port),
                         RECSYS_APP_ID=self.prefix, RECSYS_PARTITIONS=str(PARTITIONS),
                         RECSYS_RECOMMEND_ON_RATING="true" if self.base == "rec-on" else "false",
-                        RECSYS_PRODUCER_BATCHING="true" if "batch" in options else "false",
+                        **({"RECSYS_PRODUCER_BATCHING": "true"} if "batch" in options else
+                           {"RECSYS_PRODUCER_BATCHING": "false"} if "nobatch" in options else {}),
                         **{f"RECSYS_TOPIC_{k.upper().replace('-', '_').replace('RECOMMEND_REQUESTS', 'REQUESTS')}": v
                            for k, v in self.topics.items()},
                         **{f"RECSYS_{k.upper()}": v for k, v in overrides.items()})
@@ -281,9 +322,19 @@ class Run:
         items = int(counted(samples, self.internal_topics["item-updates"]))
         return users, min(users, items)
 
-    def published(self, idle: float = 1.5) -> dict[str, int]:
-        """Records now in every topic of this run, counted by reading them all (tansu's end offsets count a
-        multi-record batch as one record)."""
+    def rss_mb(self) -> float | None:
+        """Resident memory of the worker process now (Linux)."""
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, AttributeError):
+            pass
+        return None
+
+    def published(self, idle: float = 1.5) -> dict[str, tuple[int, int]]:
+        """(records, bytes of keys and values) now in every topic of this run, counted by reading them all
+        (tansu's end offsets count a multi-record batch as one record)."""
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap, enable_auto_commit=False, group_id=None)
@@ -294,15 +345,16 @@ class Run:
             parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
             consumer.assign(parts)
             consumer.seek_to_beginning(*parts)
-            out = dict.fromkeys(topics, 0)
+            out = {t: [0, 0] for t in topics}
             quiet_since = time.time()
             while time.time() - quiet_since < idle:
                 batch = consumer.poll(timeout_ms=200, max_records=10000)
                 for tp, records in batch.items():
-                    out[tp.topic] += len(records)
+                    out[tp.topic][0] += len(records)
+                    out[tp.topic][1] += sum(len(r.key or b"") + len(r.value or b"") for r in records)
                 if batch:
                     quiet_since = time.time()
-            return {t[len(self.prefix) + 1:]: n for t, n in out.items()}
+            return {t[len(self.prefix) + 1:]: (n, size) for t, (n, size) in out.items()}
         finally:
             consumer.close()
 
@@ -364,14 +416,17 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
             break
         if time.time() > deadline:
             raise RuntimeError(f"{run.kind}: {done}/{n} ratings after {timeout:.0f} s; see {run.log_path}")
-        time.sleep(0.05)
+        time.sleep(0.2)  # polling /metrics costs the worker CPU too
     if spy is not None:
         stop_profile(spy, log)
     elapsed = now - first[0]
-    counts = {k: v for k, v in run.published().items() if k not in INPUTS and not k.startswith("__")}
+    rss = run.rss_mb()
+    written = {k: v for k, v in run.published().items() if k not in INPUTS and not k.startswith("__")}
     return {"ratings": n, "first_batch": first[1], "seconds": elapsed,
             "ratings_per_s": (n - first[1]) / elapsed if elapsed > 0 else float("nan"),
-            "messages": counts, "messages_per_rating": {k: v / n for k, v in counts.items()}}
+            "messages": {k: c for k, (c, _) in written.items()},
+            "messages_per_rating": {k: c / n for k, (c, _) in written.items()},
+            "bytes_per_rating": {k: b / n for k, (_, b) in written.items()}, "worker_rss_mb": rss}
 
 
 def start_profile(run: Run, out: str, log):
@@ -507,7 +562,9 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                                               log)}
                         log(f"  {res['drain']['ratings_per_s']:.0f} ratings/s "
                             f"({res['drain']['seconds']:.1f} s); messages/rating "
-                            + ", ".join(f"{k} {v:.2f}" for k, v in res["drain"]["messages_per_rating"].items()))
+                            + ", ".join(f"{k} {v:.2f}" for k, v in res["drain"]["messages_per_rating"].items())
+                            + f"; bytes/rating {sum(res['drain']['bytes_per_rating'].values()):.0f}"
+                            + f"; worker RSS {fmt(res['drain']['worker_rss_mb'])} MB")
                         if run.base != "noop":
                             res["latency"] = {}
                             for rate, duration in profile["loads"]:
@@ -561,17 +618,19 @@ def table(result: dict) -> str:
     s = result.get("stream", {})
     noop = s.get("noop", {}).get("drain", {}).get("ratings_per_s")
     if s:
-        lines.append(f"{'worker':16} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16}   "
-                     "event-to-publish p50/p99 ms by offered load")
+        lines.append(f"{'worker':16} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16} {'bytes/rating':>13} "
+                     f"{'RSS MB':>7}   event-to-publish p50/p99 ms by offered load")
         for kind, res in s.items():
             d = res["drain"]
             ratio = d["ratings_per_s"] / noop if noop else None
             outs = sum(d["messages_per_rating"].values())
+            size = sum(d.get("bytes_per_rating", {}).values())
             lat = "  ".join(
                 f"{k}/s: {fmt(v[m]['p50_ms'])}/{fmt(v[m]['p99_ms'])} ({v[m]['received']}/{v['events']})"
                 for k, v in res.get("latency", {}).items()
                 for m in [main_output(kind)])
-            lines.append(f"{kind:16} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f}   {lat}")
+            lines.append(f"{kind:16} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f} {size:13.0f} "
+                         f"{fmt(d.get('worker_rss_mb')):>7}   {lat}")
     m = result.get("micro")
     if m:
         f = m["foldin_vectors_per_s"]
@@ -579,6 +638,11 @@ def table(result: dict) -> str:
             f"batch {b}: ours {f['ours'][b]:.0f} / ALS {f['als'][b]:.0f}" for b in f["ours"]))
         t = m["top10_ms"]
         lines.append(f"top-10 over {t['items']} items: ours {t['ours']:.2f} ms, MF dot+argpartition {t['mf']:.3f} ms")
+        for t in (m["top10_ms"], m.get("top10_big_ms")):
+            if t and "exact" in t:
+                lines.append(f"top-10 over {t['items']} items: served {t['ours']:.2f} ms "
+                             f"({'two-stage' if t['two_stage'] else 'exact'}), exact {t['exact']:.2f} ms, "
+                             f"recall@10 vs exact {t['recall_at_10']:.3f}")
     return "\n".join(lines)
 
 

@@ -55,6 +55,14 @@ class Settings:
     window_item: int = _setting(64, "recent ratings kept per item for fold-in", "stream")
     top_n: int = _setting(10, "default length of recommendation lists", "stream")
     recommend_on_rating: bool = _setting(True, "publish a fresh top-N after each rating of a user", "stream")
+    recommend_interval: float = _setting(
+        0.0, "at least this many seconds between two top-N lists published for one user's ratings (0 = one after "
+        "every batch that applied ratings of the user; recommend-requests are always answered)", "stream")
+    topn_exact_items: int = _setting(
+        2000, "catalogues of at most this many items are scored exactly for top-N lists; larger ones in two "
+        "stages: a dot-product candidate score over every item, the full predictor on TOPN_CANDIDATES of them",
+        "stream")
+    topn_candidates: int = _setting(128, "items re-ranked with the full predictor in two-stage top-N", "stream")
     batch_size: int = _setting(256, "events folded in per encoder call (stream.take)", "stream")
     batch_timeout: float = _setting(
         0.01, "seconds to wait for a batch to fill (a busy worker fills its batches anyway; this bounds the wait "
@@ -77,9 +85,9 @@ class Settings:
         "changelog, so a dead worker's partitions move without a full changelog replay (0 = none; useful only "
         "with two or more workers)", "stream")
     producer_batching: bool = _setting(
-        False, "let the worker's producer put several records of a partition in one batch (faster); keep it off "
-        "on tansu, which reports a partition's end offset as its last batch's first offset + 1, so changelog "
-        "recovery would stop short of a multi-record batch", "stream")
+        True, "let the worker's producer put several records of a partition in one batch (a few ms of linger: far "
+        "fewer produce requests); tables still recover exactly on tansu, whose end offsets count a batch as one "
+        "record (stream_app/worker/delivery.py, rule 0); off: one record per batch", "stream")
     model_poll_interval: float = _setting(
         5.0, "seconds between two checks of ARTIFACTS_DIR/current by a worker; a new model is loaded, checked and "
         "swapped in between batches (0 = never)", "stream")

@@ -415,7 +415,7 @@ def test_dashboard_plots_counters_as_rates_and_shows_lag_and_the_process():
     inputs = [t["expr"] for t in titles["Input events/s"]["targets"]]
     assert inputs and all('topic!~".+-item-updates"' in q and 'outcome!="rekeyed"' in q for q in inputs), \
         "input events/s must not count the internal item-updates topic (each rating would count twice)"
-    from stream_app.app import internal_topic
+    from stream_app.worker.topics import internal_topic
 
     assert re.fullmatch(".+-item-updates", internal_topic(DEFAULTS))  # what the regex above excludes
     assert any("recsys_consumer_lag" in t["expr"] and "by (topic)" in t["expr"]

@@ -18,7 +18,7 @@ from stream_app.data.synthetic import make_synthetic
 from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
 from stream_app.stream.metrics import StreamMetrics
-from stream_app.stream.service import FoldInService, sparse
+from stream_app.stream.service import FoldInService
 
 TINY = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, rounds=2, steps_per_round=10,
             batch_size=128)
@@ -150,28 +150,28 @@ def test_stale_states_are_refolded_with_the_new_model(artifacts):
     old, new = services(artifacts)
     uid = old.rec.ids["user"][0]
     state = old.initial_state("user", uid)
-    assert state["model_version"] == old.model_version
+    assert state.model_version == old.model_version
     assert not lc.is_stale(state, old.model_version) and lc.is_stale(state, new.model_version)
     assert not lc.is_stale(st.new_state(), new.model_version)  # never computed: nothing stale
     vector = new.fold_in("user", {uid: state})[uid]
     st.set_vector(state, vector, new.model_version)
     assert not lc.is_stale(state, new.model_version)
-    assert not np.allclose(state["vector"], old.initial_state("user", uid)["vector"])
+    assert not np.allclose(state.vector, old.initial_state("user", uid).vector)
 
 
 def test_item_window_rater_vectors_come_from_the_new_model(artifacts):
     old, new = services(artifacts)
     iid = old.rec.ids["item"][0]
     state = old.initial_state("item", iid)
-    feats = old.features("user", "stranger", {"side": {"gender": "F"}})
-    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8,
-                  extra=[st.pack_vector(np.ones(old.n_dim)), sparse(feats)])
+    feats = old.features("user", "stranger", st.EntityState(side={"gender": "F"}))
+    st.add_rating(state, "e-new", "stranger", [0.5, 1.0], 1.7e9, 8, vector=np.ones(old.n_dim),
+                  features=st.to_sparse(feats))
     lc.refresh_item_window(state, new.rec)
-    for entry in state["window"][:-1]:
-        index = new.rec.index["user"][entry[0]]
-        assert np.allclose(st.unpack_vector(entry[4]), new.rec.vectors["user"][index])
+    for entry in state.window[:-1]:
+        index = new.rec.index["user"][entry.other_id]
+        assert np.allclose(entry.vector, new.rec.vectors["user"][index])
     cold = new.rec.model.cold_vectors("user", torch.as_tensor(feats).view(1, -1)).detach().numpy()[0]
-    assert np.allclose(st.unpack_vector(state["window"][-1][4]), cold, atol=1e-6)
+    assert np.allclose(state.window[-1].vector, cold, atol=1e-6)
 
 
 def test_catalogue_after_a_swap_has_new_vectors_and_keeps_streamed_items(artifacts):

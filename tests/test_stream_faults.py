@@ -23,6 +23,8 @@ import pytest
 from stream_harness import PARTITIONS, TS, Worker, last_vector, rating, train_tiny, wait_for_split
 
 from stream_app.core.artifacts import WEIGHTS, set_current
+from stream_app.stream.codec import decode_row
+from stream_app.stream.state import EntityState
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +65,8 @@ def wait_metric(worker: Worker, series: str, at_least: float, timeout: float = 3
         time.sleep(0.2)
 
 
-def changelog_states(broker, topic: str) -> dict[str, dict]:
-    """The last value per key of a table's changelog topic: what the table holds (JSON dicts)."""
+def changelog_states(broker, topic: str) -> dict[str, EntityState | None]:
+    """The last value per key of a table's changelog topic: what the table holds (rows of stream/codec.py)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
@@ -79,7 +81,7 @@ def changelog_states(broker, topic: str) -> dict[str, dict]:
             assert time.monotonic() < deadline, "changelog not read to its end"
             for records in consumer.poll(timeout_ms=200).values():
                 for r in records:
-                    states[json.loads(r.key)] = json.loads(r.value) if r.value is not None else None
+                    states[json.loads(r.key)] = decode_row(r.value)
         return states
     finally:
         consumer.close()
@@ -104,8 +106,7 @@ def send_paced(worker: Worker, events: list[dict], pause: float, at: dict | None
 def check_windows(states: dict, expected: dict[str, list[float]], what: str) -> None:
     """Each entity's stored window holds exactly its ratings (identified by their unique ts), each once."""
     for entity, stamps in expected.items():
-        window = states[entity]["window"]
-        got = [entry[3] for entry in window]
+        got = [entry.ts for entry in states[entity].window]
         assert sorted(got) == sorted(stamps), f"{what} {entity}: window {len(got)} ratings, sent {len(stamps)}"
 
 
@@ -224,7 +225,7 @@ def test_a_broken_or_incompatible_artifact_is_refused_and_the_worker_keeps_servi
     assert last_vector(served, "user", "still-served", min_ratings=1)["model_version"] == v1
     log = served.log_text()
     assert "'v2-tampered' refused" in log and "checksum" in log
-    assert "'v-small' refused" in log and "vector size 4" in log
+    assert "'v-small' refused" in log and f"vector size {recs['v-small'].n_dim} " in log  # N=4 (+1 with biases)
     assert served.process.poll() is None
     set_current(root, "v1")  # back to the model in service: nothing to do
 
@@ -346,11 +347,11 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
         for key, value in w.received[f"{side}_vectors"]:
             published[key] = max(published.get(key, 0), value["n_ratings"])
         for key, stamps in sorted(sent.items()):
-            stored = table.get(key) or {}
-            missing = sorted(set(stamps) - {entry[3] for entry in stored.get("window", [])})
-            ok = published.get(key) == len(stamps) == stored.get("n_ratings")
+            stored = table.get(key) or EntityState()
+            missing = sorted(set(stamps) - {entry.ts for entry in stored.window})
+            ok = published.get(key) == len(stamps) == stored.n_ratings
             lines.append(f"{side} {key} (partition {partition_of(key.encode(), parts_all, parts_all)}): sent "
-                         f"{len(stamps)}, published {published.get(key)}, changelog {stored.get('n_ratings')}"
+                         f"{len(stamps)}, published {published.get(key)}, changelog {stored.n_ratings}"
                          + ("" if ok else f"  <-- missing from the window: {[int(t - TS) for t in missing]}"))
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=w.app_id, enable_auto_commit=False)
     try:  # committed() only fetches the group's offsets: it does not join the group
@@ -390,8 +391,9 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
 
 # ---------------------------------------------------------------------------------------------- scale-out
 
-# Lost ratings after a takeover were traced to six mechanisms, fixed in stream_app/app.py (_Consumer); since the
-# last two fixes this passed every loop run (README, Scaling out). When it fails, it prints where ratings stopped.
+# Lost ratings after a takeover were traced to six mechanisms, fixed in stream_app/worker/delivery.py (Consumer);
+# since the last two fixes this passed every loop run (README, Scaling out). When it fails, it prints where
+# ratings stopped.
 @pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
 def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_rating(kafka_broker, models,
                                                                                      tmp_path, standbys):

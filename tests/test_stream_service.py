@@ -57,24 +57,21 @@ def test_bootstrap_seeds_the_window_from_training_history(rec, svc):
     rows = history_of(rec, "user", index)
     assert len(rows) > 8
     s = svc.bootstrap_state("user", uid)
-    assert s["n_ratings"] == len(rows) and len(s["window"]) == 8
-    assert [e[0] for e in s["window"]] == [rec.ids["item"][i] for i in rec.history.item[rows[-8:]]]
-    assert [e[3] for e in s["window"]] == [float(t) for t in rec.history.ts[rows[-8:]]]
-    assert np.allclose(s["vector"], rec.vectors["user"][index], atol=1e-6)
+    assert s.n_ratings == len(rows) and len(s.window) == 8
+    assert [e.other_id for e in s.window] == [rec.ids["item"][i] for i in rec.history.item[rows[-8:]]]
+    assert [e.ts for e in s.window] == [float(t) for t in rec.history.ts[rows[-8:]]]
+    assert np.allclose(s.vector, rec.vectors["user"][index], atol=1e-6)
     assert svc.bootstrap_state("user", "never-seen") is None
     assert svc.initial_state("user", "never-seen") == st.new_state()
 
 
 def test_bootstrapped_item_window_carries_rater_vectors(rec, svc):
     s = svc.bootstrap_state("item", rec.ids["item"][0])
-    entry = s["window"][-1]
-    rater = rec.index["user"][entry[0]]
-    assert len(entry) == 6
-    assert np.array_equal(st.unpack_vector(entry[4]), rec.vectors["user"][rater])
-    dense = np.zeros(rec.schema.user_dim, np.float32)
-    for k, value in entry[5]:
-        dense[k] = value
-    assert np.allclose(dense, rec.features["user"][rater]) and len(entry[5]) < rec.schema.user_dim
+    entry = s.window[-1]
+    rater = rec.index["user"][entry.other_id]
+    assert np.array_equal(entry.vector, rec.vectors["user"][rater])
+    dense = st.to_dense([entry.features], rec.schema.user_dim)[0]
+    assert np.allclose(dense, rec.features["user"][rater]) and len(entry.features) < rec.schema.user_dim
 
 
 def test_user_fold_in_is_one_call_and_matches_the_recommender(rec, svc, monkeypatch):
@@ -110,8 +107,9 @@ def test_item_fold_in_adds_new_items_to_the_catalogue(rec, svc, monkeypatch):
     known = rec.ids["item"][int(np.argmax(np.bincount(rec.history.item)))]
     states = {known: svc.bootstrap_state("item", known), "new-item": st.new_state(), "rated-new": st.new_state()}
     st.update_side(states["new-item"], "s1", {"genres": ["Drama"], "year": 1999}, window=8)
-    uvec, ufeat = svc.item_rater_columns(rec.ids["user"][0], None, rec.vectors["user"][0])
-    st.add_rating(states["rated-new"], "r1", rec.ids["user"][0], [0.5, 1.0], 1.7e9, window=8, extra=[uvec, ufeat])
+    ufeat = svc.rater_features(rec.ids["user"][0], None)
+    st.add_rating(states["rated-new"], "r1", rec.ids["user"][0], [0.5, 1.0], 1.7e9, window=8,
+                  vector=rec.vectors["user"][0], features=ufeat)
     calls = count_fold_ins(monkeypatch, rec)
     out = svc.fold_in_items(states)
     assert calls == [("item", 3)]
@@ -139,7 +137,7 @@ def test_recommend_excludes_rated_items_and_matches_the_recommender(rec, svc):
     rated = set(rec.ids["item"][i] for i in rec.rated_items(index)) | {rec.ids["item"][0]}
     assert not rated & {i for i, _ in top}
     exclude = {rec.index["item"][i] for i in rated}
-    expected = rec.recommend(np.asarray(s["vector"], np.float32), rec.features["user"][index], 5, exclude, ts=1.7e9)
+    expected = rec.recommend(np.asarray(s.vector, np.float32), rec.features["user"][index], 5, exclude, ts=1.7e9)
     assert [(rec.ids["item"][i], pytest.approx(sc, abs=1e-5)) for i, sc in expected] == top
 
 
@@ -176,7 +174,7 @@ def test_streamed_item_counts_reach_the_ranking(rec, svc, monkeypatch):
     state = st.new_state()
     for k in range(3):
         st.add_rating(state, f"pop-{k}", rec.ids["user"][k], [0.5, 1.0], 1.7e9 + k, window=8,
-                      extra=[st.pack_vector(rec.vectors["user"][k]), []])
+                      vector=rec.vectors["user"][k], features=())
     svc.fold_in_items({"hit": state})
     row = svc.catalogue.index_of("hit")
     assert svc.catalogue.counts[row] == 3
@@ -185,3 +183,28 @@ def test_streamed_item_counts_reach_the_ranking(rec, svc, monkeypatch):
     svc.catalogue.upsert("hit", count=1e6)  # as a catalogue entry from another worker would set it
     monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
     assert svc.recommend("stranger", None, n=1, ts=1.7e9)[0][0] == "hit" and before > 0
+
+
+def test_two_stage_top_n_finds_the_exact_lists_and_excludes_rated_items(rec):
+    from stream_app.core.candidates import TwoStage, recall_at
+
+    exact = FoldInService(rec, window_user=8, window_item=8)
+    two = FoldInService(rec, window_user=8, window_item=8, two_stage=TwoStage(exact_max=0, probes=30, candidates=20))
+    queries = [Query(rec.ids["user"][k], exact.bootstrap_state("user", rec.ids["user"][k]), 5, 1.7e9)
+               for k in range(20)]
+    got, want = two.recommend_many(queries), exact.recommend_many(queries)
+    assert recall_at(5, got, want) >= 0.9
+    for q, top in zip(queries, got, strict=True):
+        assert len(top) == 5 and not {i for i, _ in top} & st.rated_ids(q.state)
+        ranks = rec.rank_scores(np.array([s for _, s in top]), two.catalogue.counts[[two.catalogue.index_of(i)
+                                                                                      for i, _ in top]])
+        assert list(ranks) == sorted(ranks, reverse=True)
+
+
+def test_an_item_without_training_ratings_bootstraps_an_empty_window(rec, svc):
+    counts = np.bincount(rec.history.item, minlength=len(rec.ids["item"]))
+    unrated = np.flatnonzero(counts == 0)
+    if not len(unrated):
+        pytest.skip("every trained item has ratings here")
+    s = svc.bootstrap_state("item", rec.ids["item"][unrated[0]])
+    assert s.window == [] and s.n_ratings == 0 and s.vector is not None

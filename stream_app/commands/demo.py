@@ -371,7 +371,7 @@ class Demo:
 
     def internal_topic(self) -> str:
         try:
-            from stream_app.app import internal_topic
+            from stream_app.worker.topics import internal_topic
         except ImportError:
             return f"{self.settings.app_id}-item-updates"
         return internal_topic(self.settings)

@@ -1,4 +1,4 @@
-"""`recsys worker`: run the Faust streaming worker (the same app as `faust -A stream_app.app worker`)."""
+"""`recsys worker`: run the Faust streaming worker (the same app as `faust -A stream_app.worker.app worker`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def run(args) -> int:
 
     from faust.worker import Worker
 
-    from stream_app.app import create_app
+    from stream_app.worker.app import create_app
 
     app = create_app(settings)
     print(f"serving model {app.runtime.model_version} from {settings.artifacts_dir} on {settings.broker_url}; "

@@ -1,9 +1,9 @@
 """Input and output events of the streaming service: parsing and validation of raw bytes, plain-JSON records.
 
 Inputs arrive as raw bytes (any Kafka client writes them; no Faust envelope), are checked here and
-become `faust.Record`s; anything that fails becomes an `EventError(reason, detail)` whose reason is
-one of `REASONS` and lands in the dead-letters topic. Outputs are Records serialized as plain JSON
-(`include_metadata=False`: no `__faust` key on the wire). No Kafka here.
+become plain dataclass records; anything that fails becomes an `EventError(reason, detail)` whose reason is
+one of `REASONS` and lands in the dead-letters topic. Outputs are records serialized as plain JSON
+(`to_representation()`: their fields, nothing else). No Kafka here.
 
 Dead-letter reasons (the one place they are defined):
   oversized            the payload is larger than `max_event_bytes`
@@ -35,10 +35,11 @@ import math
 import numbers
 import time
 import unicodedata
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
+import numpy as np
 
 from stream_app.data.features import item_side_from_event, user_side_from_event
 from stream_app.errors import EventError
@@ -67,10 +68,17 @@ RAW_TEXT_LIMIT = 4096  # characters of a rejected payload kept in its dead lette
 
 # ---------------------------------------------------------------------------------------------- records
 
-class _Plain(faust.Record, abstract=True, serializer="json", include_metadata=False):
-    """A record that is plain JSON on the wire."""
+class _Plain:
+    """A record that is plain JSON on the wire (the worker publishes `to_representation()`)."""
+
+    def to_representation(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_representation()).encode()
 
 
+@dataclass
 class RatingEvent(_Plain):
     event_id: str
     user_id: str
@@ -81,24 +89,28 @@ class RatingEvent(_Plain):
     context: dict | None = None
 
 
+@dataclass
 class UserEvent(_Plain):
     event_id: str
     user_id: str
     side: dict  # known side-data fields only (gender, age, occupation, zip), type-checked
 
 
+@dataclass
 class ItemEvent(_Plain):
     event_id: str
     item_id: str
     side: dict  # known side-data fields only (title, year, genres), type-checked
 
 
+@dataclass
 class RecommendRequest(_Plain):
     request_id: str
     user_id: str
     n: int
 
 
+@dataclass
 class ItemUpdate(_Plain):
     """Internal (repartitioned by item id): one rating, as seen by the item side."""
 
@@ -111,6 +123,7 @@ class ItemUpdate(_Plain):
     user_features: list  # the rater's encoded side data, sparse [[index, value], ...]
 
 
+@dataclass
 class UserVectorUpdate(_Plain):
     user_id: str
     vector: list
@@ -119,6 +132,7 @@ class UserVectorUpdate(_Plain):
     ts: float
 
 
+@dataclass
 class ItemVectorUpdate(_Plain):
     item_id: str
     vector: list
@@ -127,6 +141,7 @@ class ItemVectorUpdate(_Plain):
     ts: float
 
 
+@dataclass
 class Recommendations(_Plain):
     user_id: str
     # [{"item_id": str, "score": float, "rank_score": float}], best first: ranked by rank_score (predicted
@@ -143,6 +158,7 @@ class Recommendations(_Plain):
         return payload
 
 
+@dataclass
 class DeadLetter(_Plain):
     source_topic: str
     partition: int
@@ -196,8 +212,10 @@ def raw_text(raw: bytes | None, limit: int = RAW_TEXT_LIMIT) -> str | None:
     return text
 
 
-def plain_floats(vector) -> list[float]:
-    return [_finite(x) for x in vector]
+def plain_floats(vector, decimals: int = 6) -> list[float]:
+    """JSON numbers of a (float32) vector: finite (else 0.0), rounded (float32 holds ~7 significant digits)."""
+    values = np.asarray(vector, np.float64)
+    return np.round(np.where(np.isfinite(values), values, 0.0), decimals).tolist()
 
 
 def _finite(x) -> float:
@@ -294,6 +312,8 @@ def parse_id(d: dict, key: str) -> str:
         raise EventError(BAD_ID, f"{key} is empty")
     if len(text) > MAX_ID_CHARS:
         raise EventError(BAD_ID, f"{key} is longer than {MAX_ID_CHARS} characters ({len(text)})")
+    if text.isascii() and text.isprintable():  # the usual id: no control or format characters possible
+        return text
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise EventError(BAD_ID, f"{key} holds control characters or lone surrogates: {text[:40]!r}")
     if any(unicodedata.category(c) in INVISIBLE and not _emoji_joiner(text, k) for k, c in enumerate(text)):

@@ -68,7 +68,7 @@ async def sample_offsets(consumer, topics: Iterable[str]) -> dict[Any, Offsets] 
         owned = [tp for tp in consumer.assignment() if tp.topic in topics]
         if not owned:
             return {}
-        committed = {tp: consumer._committed_offset.get(tp) for tp in owned}  # Faust's record of its commits
+        committed = {tp: consumer.committed_offset(tp) for tp in owned}  # worker/delivery.py: Faust's record
         ends = await consumer.highwaters(*owned)
         never = [tp for tp in owned if committed[tp] is None]
         earliest = await consumer.earliest_offsets(*never) if never else {}

@@ -35,8 +35,7 @@ import numpy as np
 
 from stream_app.core.artifacts import CURRENT, MANIFEST, load_artifact
 from stream_app.errors import ArtifactError
-from stream_app.stream.service import dense
-from stream_app.stream.state import State, pack_vector
+from stream_app.stream.state import EntityState, to_dense
 
 log = logging.getLogger(__name__)
 
@@ -176,34 +175,33 @@ class ModelWatcher:
             self.metrics.model_load_seconds.observe(seconds)
 
 
-def is_stale(state: State | None, model_version: str) -> bool:
+def is_stale(state: EntityState | None, model_version: str) -> bool:
     """A stored state whose vector was computed by another model (None: never computed, not stale)."""
-    return bool(state) and state.get("model_version") not in (None, model_version)
+    return state is not None and state.model_version not in (None, model_version)
 
 
-def refresh_item_window(state: State, rec) -> None:
+def refresh_item_window(state: EntityState, rec) -> None:
     """Rater vectors in an item window are the old model's: replace each with the new model's view of the
     rater (its trained vector if the new artifact knows it, else its cold-start vector from the stored
     side data), so the re-fold reads only new-model vectors."""
-    win = state["window"]
+    win = state.window
     if not win:
         return
     unknown = []
     for j, entry in enumerate(win):
-        index = rec.index["user"].get(str(entry[0]))
+        index = rec.index["user"].get(entry.other_id)
         if index is not None:
-            entry[4] = pack_vector(rec.vectors["user"][index])
+            win[j] = entry._replace(vector=np.asarray(rec.vectors["user"][index], np.float32))
         else:
             unknown.append(j)
     if unknown:
         import torch
 
-        width = rec.schema.user_dim
-        feats = dense([[(int(k), v) for k, v in win[j][5] if 0 <= int(k) < width] for j in unknown], width)
+        feats = to_dense([win[j].features for j in unknown], rec.schema.user_dim)
         with torch.no_grad():
             cold = rec.model.cold_vectors("user", torch.as_tensor(feats)).numpy()
         for row, j in enumerate(unknown):
-            win[j][4] = pack_vector(cold[row])
+            win[j] = win[j]._replace(vector=cold[row].astype(np.float32))
 
 
 def swap_catalogue(old_service, new_service) -> int:

@@ -1,0 +1,247 @@
+"""Every at-least-once delivery rule of the worker, and the only module that touches Faust's private names.
+
+Faust acknowledges and commits input offsets on its own terms; these overrides of its aiokafka consumer
+make the worker at-least-once end to end: every input event is processed by an agent, and everything it
+produces is delivered, before its offset is committed. The guarantees, in the order an event meets them
+(0 is the precondition of exact tables):
+
+0. A table recovers its changelog up to the true end, even on a broker (tansu) whose ListOffsets reports the
+   first offset of a partition's last record batch: `_ConsumerThread._highwaters`. So the producer may batch.
+1. A table write goes to the changelog (and RocksDB) partition of the entity's own key, even inside a
+   `take_events` batch where Faust tracks no current event: `event_context`.
+2. An input event counts as acknowledged only once an agent has handled it (applied, dead-lettered or
+   rekeyed), never because Faust skipped it around a rebalance: `Consumer.mark_handled`, `Consumer.ack`.
+3. A partition's commit never moves past the event *at* its committed offset until that event is handled:
+   `Consumer._new_offset`.
+4. A jump in an input partition's offsets (which Faust would count as acknowledged) is left unacknowledged,
+   so the skipped events are read again: `Consumer._add_gap`.
+5. After a rebalance, an input partition the group never committed restarts at its beginning (aiokafka does
+   not seek it, and Faust dropped what it had fetched): `Consumer.seek_to_committed`.
+6. An input offset is committed only after every record produced before it (outputs, forwards, changelog
+   records) was delivered: `Consumer._commit_tps` flushes the producer first.
+7. An input partition whose committed offset stays put for `commit_stall_timeout` seconds while events wait
+   past it is read again from that offset: `StallReplayer.replay` (the stall rule is stream/offsets.py).
+8. A re-delivered event changes no state, but its entity's row is written and its vector published again:
+   `stream.processing.republish_duplicates` (a pure rule, unit-tested).
+
+Re-read events (2-8) are recognised by event_id and dropped by the state's dedup horizon (stream/state.py).
+`tests/test_stream_faults.py` kills workers (kill -9, takeovers) to check the whole chain. These overrides
+depend on faust-streaming internals: pyproject.toml pins the minor version they were tested with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+
+import faust
+from aiokafka.errors import IllegalStateError
+from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from stream_app.settings import Settings
+from stream_app.stream.offsets import StallWatch
+
+log = logging.getLogger(__name__)
+
+MAX_HANDLED = 1_000_000  # handled but never acked (e.g. revoked meanwhile): cleared, such events are read again
+
+
+@contextlib.contextmanager
+def event_context(event) -> Iterator[None]:
+    """(1) Make `event` the stream's current event while its entity's table row is read or written.
+
+    Faust routes a table write to the changelog partition (and RocksDB partition) of the *current event*;
+    inside a `take_events` batch that is not set per event, so we set it to an event of the entity being
+    written (faust.streams._current_event is the context variable Faust itself uses).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms  # read when its fetcher starts
+        return consumer
+
+    async def _highwaters(self, partitions):
+        # (0) Changelog end offsets from a fetch, not from ListOffsets alone: tansu answers ListOffsets(latest)
+        # with the base offset of a partition's last record batch + 1, so with batched writes Faust would
+        # recover a changelog only up to the first record of its last batch (losing the rest) and then refuse
+        # a local store "ahead" of it. A fetch response carries the true high watermark. On Kafka both agree.
+        listed = dict(await super()._highwaters(partitions))
+        changelogs = self.consumer.app.tables.changelog_topics
+        probe_tps = [tp for tp in listed if tp.topic in changelogs]
+        if not probe_tps:
+            return listed
+        fetched = await fetched_highwaters(self.consumer.app, {tp: listed[tp] for tp in probe_tps})
+        return {tp: max(offset, fetched.get(tp, 0)) for tp, offset in listed.items()}
+
+
+async def fetched_highwaters(app, listed: dict, timeout: float = 10.0) -> dict:
+    """The high watermark of each partition as a fetch response reports it (read from just before `listed`)."""
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in app.conf.broker_consumer)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
+    await probe.start()
+    try:
+        tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in listed}
+        probe.assign(list(tps.values()))
+        for tp, ktp in tps.items():
+            probe.seek(ktp, max(int(listed[tp]) - 1, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(probe.highwater(k) is None for k in tps.values()) and loop.time() < deadline:
+            await probe.getmany(timeout_ms=100)
+        return {tp: probe.highwater(k) or 0 for tp, k in tps.items()}
+    finally:
+        await probe.stop()
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, made at-least-once end to end (the numbers are the module docstring's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guarded_topics: set[str] = set()  # the agents' input topics (see guard())
+        self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) handled, not yet acked
+
+    def _new_consumer_thread(self):
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def guard(self, topics) -> None:
+        """Apply rules 2-5 and 7 to these (input) topics."""
+        self.guarded_topics.update(topics)
+
+    def committed_offset(self, tp) -> int | None:
+        """The last offset this consumer committed for `tp` (None: none yet)."""
+        return self._committed_offset.get(tp)
+
+    def mark_handled(self, events) -> None:
+        """(2) The agent is done with these events (applied, rejected or rekeyed): their acks may count."""
+        if len(self._handled) > MAX_HANDLED:
+            self._handled.clear()
+        self._handled.update((e.message.topic, e.message.partition, e.message.offset) for e in events)
+
+    def ack(self, message) -> bool:
+        # (2) Faust acks an event it skips without processing (fetched before a rebalance, or while the flow is
+        # suspended for one) and then commits past it, so the event is never read again (seen: a rating lost on
+        # a worker whose own partitions were reassigned when another worker died). Only an event an agent has
+        # handled is acked; a refused one holds its partition's commit back, and the partition is read again
+        # from there (after the rebalance, or by rule 7).
+        key = (message.topic, message.partition, message.offset)
+        if message.topic in self.guarded_topics and key not in self._handled:
+            self._unacked_messages.discard(message)  # nobody will ack it: do not wait for it on rebalance
+            return False
+        self._handled.discard(key)
+        return super().ack(message)
+
+    def _new_offset(self, tp):
+        # (3) Faust holds a commit back when acknowledged offsets start more than one past the committed offset,
+        # but the committed offset is the next one to read: the event *at* it could be skipped and committed
+        # past (seen: the first rating after a rebalance lost for good). Hold the commit back for it too.
+        acked, committed = self._acked[tp], self._committed_offset.get(tp)
+        if acked and committed is not None and tp.topic in self.guarded_topics and min(acked) > committed:
+            return None
+        return super()._new_offset(tp)
+
+    async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
+        # (4) Faust counts a jump in a partition's offsets as acknowledged (holes left by compaction or
+        # transaction markers) and commits past it. Our input topics have neither, so a jump means records were
+        # skipped (seen: a rating on the survivor's own partition committed but never processed after a
+        # takeover). Leave them unacknowledged: the partition's commit stops there and it is read again.
+        if tp.topic not in self.guarded_topics:
+            await super()._add_gap(tp, offset_from, offset_to)
+            return
+        log.warning("%s[%s]: offsets %s..%s skipped by the fetch; they will be read again", tp.topic, tp.partition,
+                    offset_from, offset_to - 1)
+
+    async def seek_to_committed(self):
+        # (5) Faust drops records it has fetched but not processed when a rebalance interrupts it, and relies on
+        # this seek to read them again; aiokafka does not seek a partition the group never committed, so they
+        # were lost (seen: a worker killed before its first commit, its partitions taken over by another worker
+        # that then skipped their backlog). Such a partition restarts at its beginning: what
+        # consumer_auto_offset_reset="earliest" means; re-read events are dropped by event_id.
+        committed = await super().seek_to_committed()
+        changelogs = self.app.tables.changelog_topics  # positioned by Faust's table recovery
+        never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
+        if never:
+            try:
+                for tp, offset in (await self.earliest_offsets(*never)).items():
+                    await self._seek(tp, offset)
+            except IllegalStateError:  # revoked meanwhile: another rebalance, and another seek, follows
+                log.info("partitions revoked while seeking them to their beginning")
+        return committed
+
+    async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
+        # (6) Commit an input offset only once everything produced so far (outputs, forwards, changelog records)
+        # was delivered: Faust sends changelog records with send_soon and would otherwise commit past an event
+        # whose records a kill -9 then loses, and nothing would deliver that event again.
+        try:
+            await self.app.producer.flush()
+        except RuntimeError:  # the producer is stopping: commit nothing, the events come again
+            log.warning("producer not running: offsets not committed")
+            return False
+        return await super()._commit_tps(tps, start_new_transaction)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+
+
+class FastFetchApp(faust.App):
+    """faust.App with the at-least-once consumer above, whose fetches wait at most `fetch_max_wait` seconds.
+
+    Faust hardcodes 1.5 s; tansu holds a fetch for that long even when some data is there, so every hop of
+    the pipeline (ratings -> item-updates -> ...) would cost up to it.
+    """
+
+    def __init__(self, *args, fetch_max_wait: float = Settings.fetch_max_wait, **kwargs):
+        self.fetch_max_wait_ms = max(int(fetch_max_wait * 1000), 1)
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self):
+        if self.conf.broker_consumer[0].scheme in ("kafka", "aiokafka"):
+            return _Transport(self.conf.broker_consumer, self)
+        return super()._new_transport()
+
+
+class StallReplayer:
+    """(7) Reads an input partition again from its committed offset when its commits stalled."""
+
+    def __init__(self, app: faust.App, timeout: float, metrics):
+        self.app, self.metrics = app, metrics
+        self.stalls = StallWatch(timeout)
+
+    async def replay(self) -> None:
+        consumer = self.app.consumer
+        if not isinstance(consumer, Consumer):
+            return
+        pending = {}  # input partitions with events past their last commit (Faust's own record of it)
+        for tp in consumer.assignment():
+            if tp.topic not in consumer.guarded_topics:
+                continue
+            try:
+                end = consumer.highwater(tp)  # from the last fetch response; None before one
+            except Exception:  # noqa: BLE001 (revoked meanwhile)
+                continue
+            committed = consumer.committed_offset(tp)
+            if end and (committed or 0) < end:
+                pending[tp] = committed
+        for tp, committed in self.stalls.stalled(pending, time.monotonic()):
+            offset = committed if committed is not None else (await consumer.earliest_offsets(tp))[tp]
+            log.warning("%s[%s]: commits stalled at %s for %.0f s with events past it; reading it again from there",
+                        tp.topic, tp.partition, committed, self.stalls.timeout)
+            await consumer.seek(tp, offset)
+            self.metrics.replays.labels(topic=tp.topic).inc()
