@@ -12,6 +12,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +220,37 @@ def train_tiny(path: Path, seed: int | None = None, **over):
         data, log=lambda *a: None)
     save_artifact(rec, path)
     return load_artifact(path)
+
+
+def tiny_artifact(tmp_path_factory) -> tuple[Path, object]:
+    """(path, Recommender) of a tiny model trained in a fresh temporary folder (module fixtures use it)."""
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    return path, train_tiny(path)
+
+
+@contextmanager
+def serving_worker(broker, artifact_path: Path, folder: Path, **env: str) -> Iterator[Worker]:
+    """A started worker serving `artifact_path` (extra RECSYS_* environment in `env`), closed on exit."""
+    worker = Worker(broker, artifact_path, folder)
+    worker.env.update(env)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
+def tiny_recommender():
+    """A tiny Recommender trained in memory on small synthetic data (the Kafka-free stream tests use it)."""
+    import torch
+
+    from stream_app.core.config import ModelConfig
+    from stream_app.core.training import Trainer
+    from stream_app.data.features import FeatureSchema
+    from stream_app.data.synthetic import make_synthetic
+
+    torch.set_num_threads(1)
+    data = make_synthetic(n_users=60, n_items=40, mean_ratings_per_user=15, seed=3)
+    model, _ = Trainer(ModelConfig(**TINY), FeatureSchema.fit(data), "cpu", progress=False).fit(
+        data, log=lambda *a: None)
+    return model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from stream_harness import OUTPUTS, TS, Worker, known_user, rating, train_tiny
+from stream_harness import OUTPUTS, TS, known_user, rating, serving_worker, tiny_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +26,13 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    return path, train_tiny(path)
+    return tiny_artifact(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def worker(kafka_broker, artifact, tmp_path_factory):
-    w = Worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker"))
-    w.start()
-    try:
+    with serving_worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker")) as w:
         yield w
-    finally:
-        w.close()
 
 
 def test_every_output_message_matches_its_schema(worker, artifact):

@@ -21,7 +21,8 @@ from stream_harness import (
     known_user,
     last_vector,
     rating,
-    train_tiny,
+    serving_worker,
+    tiny_artifact,
     wait_for_split,
 )
 
@@ -30,18 +31,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    return path, train_tiny(path)
+    return tiny_artifact(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def worker(kafka_broker, artifact, tmp_path_factory):
-    w = Worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker"))
-    w.start()
-    try:
+    with serving_worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker")) as w:
         yield w
-    finally:
-        w.close()
 
 
 # ---------------------------------------------------------------------------------------------- tests

@@ -7,12 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from stream_harness import tiny_recommender
 
-from stream_app.core.config import ModelConfig
-from stream_app.core.training import Trainer
-from stream_app.data.features import FeatureSchema
-from stream_app.data.synthetic import make_synthetic
 from stream_app.settings import Settings
 from stream_app.stream import state as st
 from stream_app.stream.codec import decode_row, encode_row
@@ -22,8 +18,6 @@ from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 
-TINY = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, rounds=2, steps_per_round=10,
-            batch_size=128)
 SETTINGS = Settings(window_user=8, window_item=8, top_n=5)
 REKEY = frozenset((SETTINGS.topic_ratings, SETTINGS.topic_users, SETTINGS.topic_requests, SETTINGS.topic_items))
 _offsets = itertools.count()
@@ -31,11 +25,7 @@ _offsets = itertools.count()
 
 @pytest.fixture(scope="module")
 def rec():
-    torch.set_num_threads(1)
-    data = make_synthetic(n_users=60, n_items=40, mean_ratings_per_user=15, seed=3)
-    model, _ = Trainer(ModelConfig(**TINY), FeatureSchema.fit(data), "cpu", progress=False).fit(
-        data, log=lambda *a: None)
-    return model
+    return tiny_recommender()
 
 
 @pytest.fixture

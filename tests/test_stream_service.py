@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from stream_harness import tiny_recommender
 
-from stream_app.core.config import ModelConfig
-from stream_app.core.training import Trainer
-from stream_app.data.features import FeatureSchema
-from stream_app.data.synthetic import make_synthetic
 from stream_app.stream import service as service_module
 from stream_app.stream import state as st
 from stream_app.stream.service import FoldInService, Query
 
-TINY = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, rounds=2, steps_per_round=10,
-            batch_size=128)
-
 
 @pytest.fixture(scope="module")
 def rec():
-    torch.set_num_threads(1)
-    data = make_synthetic(n_users=60, n_items=40, mean_ratings_per_user=15, seed=3)
-    model, _ = Trainer(ModelConfig(**TINY), FeatureSchema.fit(data), "cpu", progress=False).fit(
-        data, log=lambda *a: None)
-    return model
+    return tiny_recommender()
 
 
 @pytest.fixture

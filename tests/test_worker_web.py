@@ -9,26 +9,21 @@ import urllib.error
 import urllib.request
 
 import pytest
-from stream_harness import PARTITIONS, Worker, known_user, rating, train_tiny
+from stream_harness import PARTITIONS, known_user, rating, serving_worker, tiny_artifact
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    return path, train_tiny(path)
+    return tiny_artifact(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def worker(kafka_broker, artifact, tmp_path_factory):
-    w = Worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker"))
-    w.env.update(RECSYS_WEB_BIND="127.0.0.1", RECSYS_LAG_INTERVAL="0.5")
-    w.start()
-    try:
+    with serving_worker(kafka_broker, artifact[0], tmp_path_factory.mktemp("worker"),
+                        RECSYS_WEB_BIND="127.0.0.1", RECSYS_LAG_INTERVAL="0.5") as w:
         yield w
-    finally:
-        w.close()
 
 
 def get(worker, path: str, method: str = "GET") -> tuple[int, str]:
