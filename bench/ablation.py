@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 def train_one(args, overrides: dict) -> dict:
     import torch
 
+    from stream_app.core.bulk import rmse_of
     from stream_app.core.config import ModelConfig
-    from stream_app.core.training import Trainer, rmse_of
+    from stream_app.core.training import Trainer
     from stream_app.data.features import FeatureSchema
     from stream_app.data.registry import load_split
     from stream_app.settings import Settings

@@ -84,9 +84,10 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from stream_app.core.bulk import fold_in_dataset
     from stream_app.core.config import ModelConfig
     from stream_app.core.foldin import SIDES
-    from stream_app.core.training import Trainer, fold_in_dataset
+    from stream_app.core.training import Trainer
     from stream_app.data.features import FeatureSchema
 
     data, gen = generate(n_users, n_items, args.seed)

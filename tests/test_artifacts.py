@@ -19,8 +19,9 @@ from stream_app.core.artifacts import (
     save_artifact,
     set_current,
 )
+from stream_app.core.bulk import predict_dataset
 from stream_app.core.config import ModelConfig
-from stream_app.core.training import Trainer, predict_dataset
+from stream_app.core.training import Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic

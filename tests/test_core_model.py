@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from stream_app.baselines import BiasOnly
+from stream_app.core.bulk import fold_in_dataset, rmse_of
 from stream_app.core.config import ModelConfig
 from stream_app.core.model import AEVecModel
 from stream_app.core.records import Groups, sample_positions, sample_positions_seeded
-from stream_app.core.training import Trainer, fold_in_dataset, rmse_of
+from stream_app.core.training import Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic

@@ -6,7 +6,8 @@ import torch
 
 from stream_app.core.config import ModelConfig
 from stream_app.core.foldin import SIDES, other
-from stream_app.core.training import Trainer, TrainingData
+from stream_app.core.training import Trainer
+from stream_app.core.training_data import TrainingData
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from stream_app.core.bulk import rmse_of
 from stream_app.core.config import ModelConfig
-from stream_app.core.training import FOLDIN_PRIORS, Trainer, rmse_of
+from stream_app.core.training import FOLDIN_PRIORS, Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic

@@ -50,7 +50,8 @@ def train_model(args, settings, out: Path | None = None, resume: bool = False, o
     (atomic rewrite of ARTIFACTS_DIR/current) when args.promote and it lies in ARTIFACTS_DIR.
     beside_serving: leave a core to the workers when choosing torch threads (settings.torch_threads = 0)."""
     from stream_app.core.artifacts import save_artifact, set_current
-    from stream_app.core.training import Trainer, predict_dataset, set_training_threads
+    from stream_app.core.bulk import predict_dataset
+    from stream_app.core.training import Trainer, set_training_threads
     from stream_app.data.features import FeatureSchema
     from stream_app.evaluation import rating_metrics
     from stream_app.evaluation.plots import plot_training

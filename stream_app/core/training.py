@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from stream_app.core.bulk import fold_in_dataset, rmse_of
 from stream_app.core.config import ModelConfig
-from stream_app.core.foldin import SIDES, History, Recommender, other
+from stream_app.core.foldin import SIDES, History, Recommender
 from stream_app.core.model import AEVecModel
-from stream_app.core.records import Groups, LazyRecords, sample_positions, subset_index
+from stream_app.core.records import LazyRecords, sample_positions, subset_index
+from stream_app.core.training_data import TrainingData
 from stream_app.data.dataset import RatingData
 
 FOLDIN_PRIORS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0)  # fold-in priors tried on validation ratings
@@ -71,79 +73,6 @@ class TrainState:
     tables: dict  # side -> [n, N] tensor of current ID vectors
     round: int = 0
     history: list = field(default_factory=list)
-
-
-class TrainingData:
-    """Tensors derived once from RatingData and the feature schema."""
-
-    def __init__(self, data: RatingData, schema, device: torch.device, seed: int = 0, bias_reg: float | None = None):
-        self.data = data
-        t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
-        self.entity = {"user": t(data.user), "item": t(data.item)}
-        self.features = {"user": t(schema.user_matrix(data)).float(), "item": t(schema.item_matrix(data)).float()}
-        # The rating's own part of its records, [context, rates] per rating row; context and rates are views.
-        self.row_part = t(np.concatenate([schema.encode_context(data.ts), schema.encode_rates(data.rating)],
-                                         axis=1)).float()
-        self.context, self.rates = self.row_part[:, :schema.context_dim], self.row_part[:, schema.context_dim:]
-        # Shuffled inside each group, so that the first c positions of a group are a random pool.
-        rng = np.random.default_rng(seed)
-        self.groups = {"user": Groups.build(data.user, data.n_users, rng),
-                       "item": Groups.build(data.item, data.n_items, rng)}
-        self.size = {"user": data.n_users, "item": data.n_items}
-        for g in self.groups.values():
-            g.rows = g.rows.to(device)
-        self.biases = None if bias_reg is None else EntityBiases.fit(self, bias_reg)
-
-    def records(self, side: str, tables: dict) -> LazyRecords:
-        """Flat records of `side`'s entities in group order, [other side's ID vector, (its bias), its data,
-        context, rates], gathered per step. The other side's part is copied from `tables` now (entities
-        x width), so refining the vectors in place does not change this round's records."""
-        o = other(side)
-        bias = [] if self.biases is None else [self.biases.bias[o].unsqueeze(1)]
-        entity_part = torch.cat([tables[o], *bias, self.features[o]], dim=1)
-        return LazyRecords(self.groups[side].rows, self.entity[o], entity_part, self.row_part)
-
-    def vectors(self, side: str, codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """ID vectors from codes: with biases, the bias appended, leaving out rating `rows` when given
-        (a prediction target must not be in the bias that predicts it) or the full one per entity."""
-        if self.biases is None:
-            return codes
-        bias = self.biases.bias[side] if rows is None else \
-            self.biases.leave_out(side, self.entity[side][rows], rows)
-        return torch.cat([codes, bias.unsqueeze(1)], dim=1)
-
-
-@dataclass
-class EntityBiases:
-    """Closed-form biases on the [-1, 1] star scale: a few alternating ridge solves of
-    star = mean + b_user + b_item, the same formula serving folds a bias in with (model.fold_bias)."""
-
-    mean: float
-    bias: dict  # side -> [n] tensor
-    total: dict  # side -> [n] sum of the entity's residuals star - mean - other bias
-    count: dict  # side -> [n] ratings
-    residual: dict  # side -> [n_ratings] star - mean - other side's bias, per rating row
-    reg: float
-
-    @classmethod
-    def fit(cls, td: TrainingData, reg: float, sweeps: int = 8) -> EntityBiases:
-        stars = torch.nan_to_num(td.rates[:, 0])
-        mean = float(stars.mean())
-        bias = {side: torch.zeros(td.size[side], device=stars.device) for side in SIDES}
-        count = {side: torch.bincount(td.entity[side], minlength=td.size[side]).to(stars.dtype) for side in SIDES}
-        total, residual = {}, {}
-        for _ in range(sweeps):
-            for side in SIDES:
-                o = other(side)
-                residual[side] = stars - mean - bias[o][td.entity[o]]
-                total[side] = torch.zeros_like(bias[side]).index_add_(0, td.entity[side], residual[side])
-                bias[side] = total[side] / (count[side] + reg)
-        return cls(mean, bias, total, count, residual, reg)
-
-    def leave_out(self, side: str, entity: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The bias of `side` entity[j] computed without its rating rows[j]."""
-        return (self.total[side][entity] - self.residual[side][rows]) / \
-            (self.count[side][entity] - 1 + self.reg).clamp(min=1e-6)
 
 
 class Trainer:
@@ -556,42 +485,6 @@ class Trainer:
         self.schedule.load_state_dict(ckpt["schedule"])
         self.generator.set_state(ckpt["generator"])
         return TrainState(ckpt["tables"], ckpt["round"], ckpt["history"])
-
-
-def fold_in_dataset(rec: Recommender, data: RatingData, side: str, batch: int = 512,
-                    prior: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fold in every `side` entity of `data` from all its ratings. Returns (vectors, rating counts)."""
-    entity = data.user if side == "user" else data.item
-    other_entity = data.item if side == "user" else data.user
-    n = len(rec.ids[side])
-    order = np.argsort(entity, kind="stable")
-    bounds = np.searchsorted(entity[order], np.arange(n + 1))
-    vectors = rec.vectors[side].copy()
-    count = np.diff(bounds)
-    ids = np.nonzero(count)[0]
-    for chunk in np.array_split(ids, max(1, math.ceil(len(ids) / batch))):
-        sets = []
-        for e in chunk:
-            rows = order[bounds[e]:bounds[e + 1]]
-            sets.append(rec.records_from_ratings(side, other_entity[rows], data.rating[rows], data.ts[rows]))
-        keys = [rec.ids[side][e] for e in chunk]
-        vectors[chunk] = rec.fold_in(side, sets, rec.features[side][chunk], entity_keys=keys, prior=prior)
-    return vectors, count
-
-
-def rmse_of(rec: Recommender, data: RatingData) -> float:
-    pred = predict_dataset(rec, data)
-    return float(np.sqrt(np.mean((pred - data.rating) ** 2)))
-
-
-def predict_dataset(rec: Recommender, data: RatingData, batch: int = 65536) -> np.ndarray:
-    out = np.empty(len(data), dtype=np.float32)
-    for s in range(0, len(data), batch):
-        u, i = data.user[s:s + batch], data.item[s:s + batch]
-        out[s:s + batch] = rec.predict_rates(rec.vectors["user"][u], rec.features["user"][u],
-                                             rec.vectors["item"][i], rec.features["item"][i],
-                                             data.ts[s:s + batch])[:, 0]
-    return out
 
 
 def _fmt(x: float | None) -> str:

@@ -109,7 +109,7 @@ def _fold_at_k(acc: dict, held: HoldOut, k: int, rec, fitted: dict, factories: d
         model = factories["als-mf"]().fit(with_revealed)
         add("als-mf-retrain", model.predict(rest_data.user, rest_data.item), model.train_seconds)
     if retrain_ours and train_ours is not None:
-        from stream_app.core.training import predict_dataset
+        from stream_app.core.bulk import predict_dataset
 
         log(f"k={k}: retraining aevec on {len(with_revealed)} ratings")
         started = time.perf_counter()
