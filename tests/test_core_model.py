@@ -66,6 +66,16 @@ def test_set_encoder_is_permutation_invariant_and_ignores_masked_slots():
     assert torch.allclose(code[1], model.user_encoder(junk, mask)[1], atol=1e-6)
 
 
+def test_sampled_subsets_are_uniform_over_the_available_positions():
+    gen = torch.Generator().manual_seed(1)
+    pos, mask = sample_positions(torch.tensor([10, 100]), k=20000, m=3, generator=gen, exclude=torch.tensor([2, 50]))
+    for b, n in enumerate((10, 100)):
+        freq = torch.bincount(pos[b][mask[b]], minlength=n).double() / 20000
+        assert freq[2 if n == 10 else 50] == 0  # the excluded position is never drawn
+        others = torch.cat([freq[: (2 if n == 10 else 50)], freq[(3 if n == 10 else 51):]])
+        assert torch.allclose(others, torch.full_like(others, 3 / (n - 1)), atol=0.02 if n == 10 else 0.006)
+
+
 def test_sampled_subsets_are_distinct_and_exclude_the_target():
     gen = torch.Generator().manual_seed(0)
     count = torch.tensor([10, 6, 3, 1])

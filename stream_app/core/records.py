@@ -62,24 +62,26 @@ def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Gener
     """Draw k subsets of m positions for each of B entities.
 
     count: [B] ratings per entity. exclude: [B] position to leave out (the rating being
-    predicted), or None. Returns positions [B, k, m] and mask [B, k, m] (False = filler slot).
+    predicted), or None. Returns positions [B, k, m] and mask [B, k, m] (False = filler slot),
+    slots in random order. Distinct positions come from Floyd's algorithm, m steps over [B, k],
+    so the cost does not grow with the widest group (a popular item has tens of thousands of ratings).
     """
     b = count.shape[0]
-    available = count - (1 if exclude is not None else 0)
-    width = max(int(available.max()) if b else 0, 1)
-    keys = torch.rand(b, k, width, generator=generator)
-    slot = torch.arange(width)
-    keys.masked_fill_(slot >= available.view(b, 1, 1), -1.0)  # in place: keys is [B, k, widest group]
-    take = min(m, width)
-    pos = keys.topk(take, dim=-1).indices  # distinct positions, valid ones first
-    if take < m:
-        pos = torch.cat([pos, pos.new_zeros(b, k, m - take)], dim=-1)
-    mask = (torch.arange(m) < available.view(b, 1, 1)).expand(b, k, m)
-    filler = (torch.rand(b, k, m, generator=generator) * available.clamp(min=1).view(b, 1, 1)).long()
+    available = (count - (1 if exclude is not None else 0)).view(b, 1).expand(b, k)
+    pos = torch.full((b, k, m), -1, dtype=torch.long)
+    for step in range(m):  # Floyd: for j = n-m .. n-1, t ~ U{0..j}; take t, or j if t was taken
+        j = available - m + step
+        t = (torch.rand(b, k, generator=generator) * (j + 1).clamp(min=1)).long()
+        taken = (pos[..., :step] == t.unsqueeze(-1)).any(-1)
+        pos[..., step] = torch.where(j >= 0, torch.where(taken, j, t), -1)
+    mask = pos >= 0  # a group smaller than m fills its other slots with repeats, masked
+    filler = (torch.rand(b, k, m, generator=generator) * available.clamp(min=1).unsqueeze(-1)).long()
     pos = torch.where(mask, pos, filler)
+    order = torch.rand(b, k, m, generator=generator).argsort(dim=-1)  # Floyd's slot order is not uniform
+    pos, mask = pos.gather(-1, order), mask.gather(-1, order)
     if exclude is not None:
         pos = pos + (pos >= exclude.view(b, 1, 1)).long()
-    return pos, mask & (available.view(b, 1, 1) > 0)
+    return pos, mask
 
 
 def sample_positions_seeded(count: torch.Tensor, k: int, m: int, seeds: list[int]
