@@ -232,7 +232,9 @@ def noop_worker() -> None:
     async def page(web, request):
         return web.json(count)
 
-    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    worker = Worker(app, loglevel="warning", quiet=True)
+    worker.spinner = None  # as `recsys worker` does: Faust's spinner would turn every debug call into a record
+    worker.execute_from_commandline()
 
 
 def worker_topics(app_id: str) -> dict[str, str]:
@@ -321,6 +323,22 @@ class Run:
         users = int(counted(samples, self.topics["ratings"]))
         items = int(counted(samples, self.internal_topics["item-updates"]))
         return users, min(users, items)
+
+    def batch_sizes(self) -> dict[str, float]:
+        """Mean events per agent batch and entities per fold-in call so far (the worker's histograms)."""
+        from stream_app.commands.demo import metric_sum, read_metrics
+
+        if self.base == "noop":
+            return {}
+        samples = read_metrics(self.port)
+        out = {}
+        for name, label, values in (("recsys_batch_events", "agent", ("users", "items")),
+                                    ("recsys_foldin_batch_entities", "side", ("user", "item"))):
+            for v in values:
+                count = metric_sum(samples, f"{name}_count", **{label: v})
+                out[f"{name.split('_', 1)[1]}:{v}"] = metric_sum(samples, f"{name}_sum", **{label: v}) / count \
+                    if count else float("nan")
+        return out
 
     def rss_mb(self) -> float | None:
         """Resident memory of the worker process now (Linux)."""
@@ -421,12 +439,14 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
         stop_profile(spy, log)
     elapsed = now - first[0]
     rss = run.rss_mb()
+    batches = run.batch_sizes()
     written = {k: v for k, v in run.published().items() if k not in INPUTS and not k.startswith("__")}
     return {"ratings": n, "first_batch": first[1], "seconds": elapsed,
             "ratings_per_s": (n - first[1]) / elapsed if elapsed > 0 else float("nan"),
             "messages": {k: c for k, (c, _) in written.items()},
             "messages_per_rating": {k: c / n for k, (c, _) in written.items()},
-            "bytes_per_rating": {k: b / n for k, (_, b) in written.items()}, "worker_rss_mb": rss}
+            "bytes_per_rating": {k: b / n for k, (_, b) in written.items()}, "worker_rss_mb": rss,
+            "mean_batch": batches}
 
 
 def start_profile(run: Run, out: str, log):
@@ -564,7 +584,8 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                             f"({res['drain']['seconds']:.1f} s); messages/rating "
                             + ", ".join(f"{k} {v:.2f}" for k, v in res["drain"]["messages_per_rating"].items())
                             + f"; bytes/rating {sum(res['drain']['bytes_per_rating'].values()):.0f}"
-                            + f"; worker RSS {fmt(res['drain']['worker_rss_mb'])} MB")
+                            + f"; worker RSS {fmt(res['drain']['worker_rss_mb'])} MB; mean batch "
+                            + ", ".join(f"{k} {v:.1f}" for k, v in res["drain"]["mean_batch"].items()))
                         if run.base != "noop":
                             res["latency"] = {}
                             for rate, duration in profile["loads"]:
