@@ -14,7 +14,7 @@ from stream_app.stream import state as st
 from stream_app.stream.codec import decode_row, encode_row
 from stream_app.stream.item_batch import catalogue_entry, parse_item_event, process_items
 from stream_app.stream.metrics import StreamMetrics
-from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare
+from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare, read_rows
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 
@@ -184,3 +184,17 @@ def test_state_rows_survive_the_codec_between_batches(ctx):
     row = decode_row(table["alice"])
     assert len(row.window) == SETTINGS.window_user and row.n_ratings == 12 and row.vector.dtype == np.float32
     assert st.in_window(row, "i11", [row.window[-1].stars, row.window[-1].thumbs], 1.7e9 + 11)
+
+
+def test_an_undecodable_stored_row_dead_letters_only_its_entitys_events(ctx):
+    table = Table()
+    table.run([rating("e1", "alice", "i1")], ctx)
+    table["bob"] = b"\xffRS\x01garbage"  # a corrupt row (bad disk, foreign writer): RowDecodeError
+    events = [rating("e2", "bob", "i1"), rating("e3", "alice", "i2"), rating("e4", "bob", "i2")]
+    batch = prepare(events, lambda r: parse_user_event(r, ctx), ctx, REKEY)
+    rows = read_rows(batch, lambda key, event: decode_row(table.get(key)))
+    out = process_users(batch, rows, ctx)
+    assert [e for e, _ in out.dead_letters] == [events[0], events[2]]
+    assert all(err.reason == "processing_error" and "stored row of 'bob' cannot be decoded" in err.detail
+               for _, err in out.dead_letters)
+    assert set(out.writes) == {"alice"} and table["bob"] == b"\xffRS\x01garbage"  # left for inspection
