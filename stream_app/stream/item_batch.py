@@ -111,7 +111,7 @@ def catalogue_entry(service, item_id: str, state: st.EntityState) -> dict:
 def apply_catalogue_entry(service, key: bytes | None, raw: bytes | None) -> bool:
     """A catalogue record read back (another worker's item, or ours) into this worker's catalogue; False if
     it is another model's; EventError if it is malformed (internal.parse_catalogue_entry)."""
-    entry = parse_catalogue_entry(key, raw, service.catalogue.vectors.shape[1])
+    entry = parse_catalogue_entry(key, raw, service.n_dim)
     if entry.model_version not in (None, service.model_version):
         return False  # another model's vector (before or after a swap): not comparable with ours
     features = st.to_dense([entry.features], service.schema.item_dim)[0]
