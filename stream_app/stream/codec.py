@@ -154,7 +154,7 @@ def _header(h) -> dict:
 
 def _pairs(value) -> tuple[tuple[int, float], ...]:
     """Sparse side data [[index, value], ...] as stored (anything else: TypeError or ValueError)."""
-    pairs = tuple([(k, v + 0.0) for k, v in value])  # v + 0.0: a float from a number, TypeError otherwise
+    pairs = tuple([(k, v * 1.0) for k, v in value])  # v * 1.0: a float from a number (-0.0 kept), TypeError otherwise
     for k, _ in pairs:
         if type(k) is not int:
             raise RowDecodeError(f"table row: rater feature index {k!r:.60}")
