@@ -75,7 +75,7 @@ def run_checked(table: Table, raw: list[RawEvent], ctx: Context, side: str):
 USERS, ITEMS = ["alice", "bob", "7"], ["i1", "i2", "brand-new"]
 
 
-@examples(40)
+@examples(30)
 @given(data=st.data())
 def test_any_batches_through_both_sides(rec, data):
     users = USERS + rec.ids["user"][:2]  # known users: fold-in over their training history
