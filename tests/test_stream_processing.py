@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from stream_harness import tiny_recommender
 
+from stream_app.errors import EventError
 from stream_app.settings import Settings
 from stream_app.stream import state as st
 from stream_app.stream.codec import decode_row, encode_row
-from stream_app.stream.item_batch import catalogue_entry, parse_item_event, process_items
+from stream_app.stream.item_batch import apply_catalogue_entry, catalogue_entry, parse_item_event, process_items
 from stream_app.stream.metrics import StreamMetrics
-from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare
+from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare, read_rows
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 
@@ -184,3 +185,35 @@ def test_state_rows_survive_the_codec_between_batches(ctx):
     row = decode_row(table["alice"])
     assert len(row.window) == SETTINGS.window_user and row.n_ratings == 12 and row.vector.dtype == np.float32
     assert st.in_window(row, "i11", [row.window[-1].stars, row.window[-1].thumbs], 1.7e9 + 11)
+
+
+def test_an_undecodable_stored_row_dead_letters_only_its_entitys_events(ctx):
+    table = Table()
+    table.run([rating("e1", "alice", "i1")], ctx)
+    table["bob"] = b"\xffRS\x01garbage"  # a corrupt row (bad disk, foreign writer): RowDecodeError
+    events = [rating("e2", "bob", "i1"), rating("e3", "alice", "i2"), rating("e4", "bob", "i2")]
+    batch = prepare(events, lambda r: parse_user_event(r, ctx), ctx, REKEY)
+    rows = read_rows(batch, lambda key, event: decode_row(table.get(key)))
+    out = process_users(batch, rows, ctx)
+    assert [e for e, _ in out.dead_letters] == [events[0], events[2]]
+    assert all(err.reason == "processing_error" and "stored row of 'bob' cannot be decoded" in err.detail
+               for _, err in out.dead_letters)
+    assert set(out.writes) == {"alice"} and table["bob"] == b"\xffRS\x01garbage"  # left for inspection
+
+
+def test_catalogue_records_are_applied_checked_and_other_models_skipped(ctx, rec):
+    items = Table()
+    users = Table()
+    out = users.run([rating("e1", "alice", "new-item")], ctx)
+    forwards = [event("app-item-updates", json.dumps(o.value.to_representation()).encode())
+                for o in out.outputs if o.topic == "item_updates"]
+    entry = next(o.value for o in items.run(forwards, ctx, side="item").outputs if o.topic == "catalogue")
+    other = FoldInService.from_settings(rec, SETTINGS)  # another worker: it has not seen the new item
+    assert other.catalogue.index_of("new-item") is None
+    assert apply_catalogue_entry(other, b"new-item", json.dumps(entry).encode())
+    row = other.catalogue.index_of("new-item")
+    assert np.array_equal(other.catalogue.vectors[row], st.unpack_vector(entry["vector"]))
+    assert not apply_catalogue_entry(other, b"x", json.dumps({**entry, "model_version": "older@1"}).encode())
+    assert other.catalogue.index_of("x") is None
+    with pytest.raises(EventError):
+        apply_catalogue_entry(other, b"y", json.dumps({**entry, "vector": st.pack_vector([1.0])}).encode())

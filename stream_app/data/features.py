@@ -29,6 +29,7 @@ AGE_EDGES = (18, 25, 35, 45, 50, 56)  # ML-1M age codes 1, 18, ..., 56 fall in t
 RATE_NAMES = ("stars", "thumbs")
 CONTEXT_DIM = 9
 DEFAULT_YEAR_RANGE = (1900, 2020)
+MAX_SAFE_INT = 2**53 - 1  # side-data integers beyond it lose precision in JSON readers and do not fit a row
 THUMBS_UP_AT = 0.75  # of the way up the scale: 4 of 1..5 (seed 004: 4-5 up, 1-3 down)
 
 BAD_TYPE, OUT_OF_RANGE, UNKNOWN_RATE = "bad_type", "rating_out_of_range", "unknown_rate"
@@ -239,20 +240,33 @@ def _pick(event, checks: dict) -> dict:
 
 
 def _string(value, key: str) -> str:
-    if not isinstance(value, str):
-        raise EventError(BAD_TYPE, f"{key} must be a string, got {value!r}")
+    if not _is_text(value):
+        raise EventError(BAD_TYPE, f"{key} must be a string of valid Unicode (no lone surrogates), got {value!r:.200}")
     return value
 
 
 def _string_list(value, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise EventError(BAD_TYPE, f"{key} must be a list of strings, got {value!r}")
+    if not isinstance(value, list) or not all(_is_text(v) for v in value):
+        raise EventError(BAD_TYPE, f"{key} must be a list of strings of valid Unicode, got {value!r:.200}")
     return list(value)
 
 
+def _is_text(value) -> bool:
+    """A str that can be stored: JSON escapes may spell lone surrogates, which no UTF-8 encoder takes."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int_like(value, key: str) -> int:
-    if not _is_int_like(value):
-        raise EventError(BAD_TYPE, f"{key} must be an integer, got {value!r}")
+    if not _is_int_like(value) or abs(value) > MAX_SAFE_INT:
+        raise EventError(BAD_TYPE, f"{key} must be an integer within +-(2^53 - 1), got {value!r:.200}")
     return int(value)
 
 

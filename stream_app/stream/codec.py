@@ -19,6 +19,10 @@ Rows written before this encoding (JSON objects with positional window lists, ve
 base64 strings) are still read: `decode_row` recognises them by their first byte and converts them;
 the row is written back in the new encoding the next time the entity changes.
 
+Contract: `decode_row` returns a well-formed row (one `encode_row` writes back) or raises `RowDecodeError`,
+whatever the bytes; never another exception. The worker dead-letters the events of an entity whose stored
+row it cannot decode (`processing.read_rows`) and leaves the row alone.
+
 >>> from stream_app.stream.state import add_rating, new_state
 >>> s = new_state(); _ = add_rating(s, "e1", "i1", (0.5, None), 100.0, window=4)
 >>> decode_row(encode_row(s)) == s
@@ -72,22 +76,40 @@ def encode_row(state: EntityState) -> bytes:
     return b"".join(parts)
 
 
+class RowDecodeError(ValueError):
+    """Stored bytes that no encoding of this program reads: corrupt, truncated or foreign."""
+
+
 def decode_row(raw: bytes | bytearray | memoryview | dict | None) -> EntityState | None:
-    """A stored row in any encoding this program has written (None stays None)."""
+    """A stored row in any encoding this program has written (None stays None); RowDecodeError otherwise."""
     if raw is None:
         return None
-    if isinstance(raw, dict):
-        return decode_legacy(raw)
-    raw = bytes(raw)
-    if raw[:3] != MAGIC:
-        return decode_legacy(json.loads(raw))
+    try:
+        if isinstance(raw, dict):
+            return decode_legacy(raw)
+        raw = bytes(raw)
+        if raw[:3] != MAGIC:
+            return decode_legacy(json.loads(raw))
+        return _decode_binary(raw)
+    except RowDecodeError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, struct.error) as exc:
+        raise RowDecodeError(f"undecodable table row: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode_binary(raw: bytes) -> EntityState:
+    if len(raw) < _HEAD.size:
+        raise RowDecodeError(f"table row of {len(raw)} bytes is shorter than its header")
     magic, size = _HEAD.unpack_from(raw)
     if magic[3] != VERSION:
-        raise ValueError(f"table row of encoding version {magic[3]}; this program reads 1")
+        raise RowDecodeError(f"table row of encoding version {magic[3]}; this program reads {VERSION}")
     pos = _HEAD.size
-    h = _loads(raw[pos:pos + size])
+    h = _header(_loads(raw[pos:pos + size]))
     pos += size
-    w, dim = len(h["ids"]), int(h["dim"])
+    w, dim = len(h["ids"]), h["dim"]
+    expected = pos + DIGEST_BYTES * h["seen"] + 24 * w + 4 * dim * (h["vec"] + w * h["raters"])
+    if len(raw) != expected:
+        raise RowDecodeError(f"table row of {len(raw)} bytes; its header describes {expected}")
     seen_hex = raw[pos:pos + DIGEST_BYTES * h["seen"]].hex()
     pos += DIGEST_BYTES * h["seen"]
     seen = [seen_hex[k:k + 2 * DIGEST_BYTES] for k in range(0, len(seen_hex), 2 * DIGEST_BYTES)]
@@ -105,33 +127,103 @@ def decode_row(raw: bytes | bytearray | memoryview | dict | None) -> EntityState
     window = [WindowEntry(other, None if stars[j] != stars[j] else stars[j],
                           None if thumbs[j] != thumbs[j] else thumbs[j], ts[j],
                           None if vectors is None else vectors[j],
-                          None if feats is None else tuple(map(tuple, feats[j])))
+                          None if feats is None else _pairs(feats[j]))
               for j, other in enumerate(h["ids"])]
-    return EntityState(window=window, side=h["side"], vector=vector, n_ratings=int(h["n"]), seen=seen,
+    return EntityState(window=window, side=h["side"], vector=vector, n_ratings=h["n"], seen=seen,
                        model_version=h["mv"])
 
 
+_HEADER_TYPES = {"side": dict, "n": int, "mv": (str, type(None)), "ids": list, "feats": (list, type(None)),
+                 "dim": int, "vec": bool, "raters": bool, "seen": int}
+
+
+def _header(h) -> dict:
+    """The binary row's JSON header, checked field by field (a corrupt header must not become a row)."""
+    if not isinstance(h, dict):
+        raise RowDecodeError("table row header is not a JSON object")
+    for key, kind in _HEADER_TYPES.items():
+        value = h.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise RowDecodeError(f"table row header field {key!r} is {value!r:.60}")
+    if not all(isinstance(other, str) for other in h["ids"]):
+        raise RowDecodeError("table row header holds a non-string id")
+    if h["raters"] != (h["feats"] is not None) or (h["raters"] and len(h["feats"]) != len(h["ids"])):
+        raise RowDecodeError("table row header: rater features do not match the window")
+    return h
+
+
+def _pairs(value) -> tuple[tuple[int, float], ...]:
+    """Sparse side data [[index, value], ...] as stored (anything else: TypeError or ValueError)."""
+    pairs = tuple([(k, v * 1.0) for k, v in value])  # v * 1.0: a float from a number (-0.0 kept), TypeError otherwise
+    for k, _ in pairs:
+        if type(k) is not int:
+            raise RowDecodeError(f"table row: rater feature index {k!r:.60}")
+    return pairs
+
+
 def decode_legacy(d: dict) -> EntityState:
-    """A row of the JSON encoding: {"window": [[other, stars, thumbs, ts(, packed vector, sparse)]], ...}."""
+    """A row of the JSON encoding: {"window": [[other, stars, thumbs, ts(, packed vector, sparse)]], ...}.
+
+    Accepted only if it can be written back in the binary encoding (ids, side data and digests that
+    encode_row takes, one vector width)."""
+    if not isinstance(d, dict):
+        raise RowDecodeError("a JSON table row that is not an object")
     window = []
-    for other, stars, thumbs, ts, *rater in d.get("window") or ():  # rater: [packed vector, sparse] (item side)
+    for entry in _list(d.get("window")):
+        if not isinstance(entry, list) or len(entry) not in (4, 6) or not isinstance(entry[0], str):
+            raise RowDecodeError(f"JSON table row: window entry {entry!r:.60}")
+        other, stars, thumbs, ts, *rater = entry  # rater: [packed vector, sparse] (item side)
         vector = features = None
         if rater:
             packed, pairs = rater
             vector = _legacy_vector(packed)
-            features = tuple((int(k), float(v)) for k, v in (pairs or ()))
-        window.append(WindowEntry(str(other), opt_float(stars), opt_float(thumbs), float(ts), vector, features))
+            features = _pairs(_list(pairs))
+        window.append(WindowEntry(other, opt_float(_number(stars, True)), opt_float(_number(thumbs, True)),
+                                  float(_number(ts)), vector, features))
     vector = d.get("vector")
-    return EntityState(window=window, side=dict(d.get("side") or {}),
-                       vector=None if vector is None else _legacy_vector(vector),
-                       n_ratings=int(d.get("n_ratings") or 0), seen=list(d.get("seen") or ()),
-                       model_version=d.get("model_version"))
+    side, n, model_version = d.get("side") or {}, d.get("n_ratings") or 0, d.get("model_version")
+    if not isinstance(side, dict) or type(n) is not int or n < 0 or not isinstance(model_version, str | None):
+        raise RowDecodeError("JSON table row: side, n_ratings or model_version of the wrong type")
+    state = EntityState(window=window, side=dict(side), vector=None if vector is None else _legacy_vector(vector),
+                        n_ratings=n, seen=_list(d.get("seen")), model_version=model_version)
+    _check_writable(state)
+    return state
+
+
+def _list(value) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RowDecodeError(f"JSON table row: expected a list, got {value!r:.60}")
+    return list(value)
+
+
+def _check_writable(state: EntityState) -> None:
+    """A legacy row must be one encode_row writes (and decode_row reads back the same)."""
+    widths = {len(e.vector) for e in state.window if e.vector is not None}
+    if state.vector is not None and state.window and state.window[0].vector is not None:
+        widths.add(len(state.vector))
+    raters = {e.vector is not None for e in state.window}
+    if len(widths) > 1 or len(raters) > 1:
+        raise RowDecodeError("JSON table row: window vectors of different widths, or only some with a vector")
+    if not all(isinstance(x, str) and len(x) == 2 * DIGEST_BYTES for x in state.seen):
+        raise RowDecodeError("JSON table row: seen holds something other than event digests")
+    try:
+        encode_row(state)
+    except (ValueError, TypeError) as exc:  # orjson refuses lone surrogates and integers beyond 64 bits
+        raise RowDecodeError(f"JSON table row cannot be written back: {exc}") from None
+
+
+def _number(value, or_none: bool = False):
+    if (value is None and or_none) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise RowDecodeError(f"JSON table row: {value!r:.60} where a number belongs")
 
 
 def _legacy_vector(value) -> np.ndarray:
     if isinstance(value, str):
         return unpack_vector(value).copy()
-    return np.asarray(value, np.float32)
+    return np.array([_number(x) for x in _list(value)], np.float32)
 
 
 def _nan(x: float | None) -> float:

@@ -13,7 +13,9 @@ Dead-letter reasons (the one place they are defined):
   missing_field        a required field is absent or null (event_id, user_id, item_id, rating, ts,
                        request_id)
   bad_type             a field has the wrong type or value: rating not a number/object, context not an
-                       object, side data of the wrong type, n not an integer in 1..1000
+                       object, side data of the wrong type (strings holding lone surrogates, integers
+                       beyond +-(2^53 - 1)), n not an integer in 1..1000; on the internal item-updates
+                       topic, any malformed field
   bad_id               an id (event_id, user_id, item_id, request_id) is not a string or integer, or is
                        empty or blank, longer than 256 characters, or holds control characters, lone
                        surrogates or invisible format characters (zero-width spaces, joiners outside

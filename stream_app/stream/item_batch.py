@@ -14,13 +14,11 @@ Rules (each unit-tested in tests/test_stream_processing.py):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
-
-import numpy as np
 
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
 from stream_app.stream import state as st
+from stream_app.stream.internal import parse_catalogue_entry, parse_forwarded
 from stream_app.stream.processing import (
     Context,
     Kind,
@@ -34,28 +32,12 @@ from stream_app.stream.processing import (
     vector_output,
 )
 
-INTERNAL_MAX_BYTES = 1 << 30
-
-
-class Forwarded(NamedTuple):
-    """A rating as the item side sees it (the internal item-updates topic)."""
-
-    event_id: str
-    item_id: str
-    user_id: str
-    rates: tuple[float | None, float | None]
-    ts: float
-    user_vector: np.ndarray
-    user_features: st.Sparse
-
 
 def parse_item_event(event: RawEvent, ctx: Context) -> tuple[Kind, str, object]:
     if event.topic == ctx.settings.topic_items:
         item = ev.parse_item(event.value, ctx.settings.max_event_bytes)
         return "side", item.item_id, item
-    d = ev.load_object(event.value, INTERNAL_MAX_BYTES)  # internal: written by the user side
-    update = Forwarded(str(d["event_id"]), str(d["item_id"]), str(d["user_id"]), tuple(d["rates"]), float(d["ts"]),
-                       st.unpack_vector(d["user_vector"]), tuple((int(k), float(v)) for k, v in d["user_features"]))
+    update = parse_forwarded(event.value)  # internal: written by the user side
     return "rating", update.item_id, update
 
 
@@ -126,12 +108,15 @@ def catalogue_entry(service, item_id: str, state: st.EntityState) -> dict:
             "model_version": state.model_version}
 
 
-def apply_catalogue_entry(service, item_id: str, entry: dict) -> None:
-    """A catalogue entry read back (another worker's item, or ours): into this worker's catalogue."""
-    if entry.get("model_version") not in (None, service.model_version):
-        return  # another model's vector (before or after a swap): not comparable with ours
-    features = st.to_dense([entry["features"]], service.schema.item_dim)[0]
-    service.catalogue.upsert(item_id, st.unpack_vector(entry["vector"]), features, entry.get("n_ratings"))
+def apply_catalogue_entry(service, key: bytes | None, raw: bytes | None) -> bool:
+    """A catalogue record read back (another worker's item, or ours) into this worker's catalogue; False if
+    it is another model's; EventError if it is malformed (internal.parse_catalogue_entry)."""
+    entry = parse_catalogue_entry(key, raw, service.n_dim)
+    if entry.model_version not in (None, service.model_version):
+        return False  # another model's vector (before or after a swap): not comparable with ours
+    features = st.to_dense([entry.features], service.schema.item_dim)[0]
+    service.catalogue.upsert(entry.item_id, entry.vector, features, entry.n_ratings)
+    return True
 
 
 def restore_catalogue(service, rows: Iterable[tuple[str, st.EntityState | None]]) -> int:

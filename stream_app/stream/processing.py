@@ -3,7 +3,7 @@
 The worker (stream_app/worker/app.py) runs each agent batch as
 
     batch = prepare(events, parse, ctx)            # validate: dead letters, rekeys, groups by entity id
-    rows = {id: <table row> for id in batch.groups}  # the worker reads its table
+    rows = read_rows(batch, <read a table row>)    # an undecodable row: its entity's events dead-lettered
     outcome = process_users(batch, rows, ctx)      # or process_items (user_batch.py, item_batch.py)
     <apply outcome>: dead letters, rekeys, table writes, outputs; then mark the events handled
 
@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple
 
 from stream_app.errors import EventError
 from stream_app.stream import events as ev
+from stream_app.stream.codec import RowDecodeError
 from stream_app.stream.state import EntityState, Side
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class RawEvent:
 class Parsed(NamedTuple):
     kind: Kind
     entity_id: str
-    value: Any  # RatingEvent | UserEvent | ItemEvent | RecommendRequest | Forwarded
+    value: Any  # RatingEvent | UserEvent | ItemEvent | RecommendRequest | internal.Forwarded
     event: RawEvent
 
 
@@ -141,6 +142,23 @@ def prepare(events: list[RawEvent], parse: Callable[[RawEvent], tuple[Kind, str,
             continue
         groups.setdefault(entity_id, []).append(Parsed(kind, entity_id, value, event))
     return Prepared(groups, out)
+
+
+def read_rows(batch: Prepared, read: Callable[[str, RawEvent], EntityState | None]) -> dict[str, EntityState | None]:
+    """Each entity's stored row (`read(entity id, one of its events)`). An entity whose row cannot be decoded
+    leaves the batch: its events become processing_error dead letters (replayable once the row is repaired or
+    deleted), the row stays as it is for inspection, and the rest of the batch goes on."""
+    rows: dict[str, EntityState | None] = {}
+    for entity_id, entries in list(batch.groups.items()):
+        try:
+            rows[entity_id] = read(entity_id, entries[0].event)
+        except RowDecodeError as exc:
+            log.error("stored row of %r cannot be decoded (%s): its %d events go to dead letters",
+                      entity_id, exc, len(entries))
+            del batch.groups[entity_id]
+            error = EventError(ev.PROCESSING_ERROR, f"stored row of {entity_id!r} cannot be decoded: {exc}"[:300])
+            batch.outcome.dead_letters.extend((p.event, error) for p in entries)
+    return rows
 
 
 def fold(ctx: Context, side: Side, states: dict[str, EntityState]) -> tuple[dict, set[str]]:

@@ -32,12 +32,12 @@ from stream_app.errors import EventError
 from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
-from stream_app.stream.codec import RowCache, decode_row, encode_row
+from stream_app.stream.codec import RowCache, RowDecodeError, decode_row, encode_row
 from stream_app.stream.health import Readiness
 from stream_app.stream.item_batch import parse_item_event, process_items, restore_catalogue
 from stream_app.stream.lag import LagMonitor, sample_offsets
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
-from stream_app.stream.processing import Context, Outcome, RateLimiter, RawEvent, prepare
+from stream_app.stream.processing import Context, Outcome, RateLimiter, RawEvent, prepare, read_rows
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 from stream_app.stream.web import WebServer
@@ -130,10 +130,13 @@ class Runtime:
                 self.metrics.batch_events.labels(agent=agent).observe(len(events))
                 ctx = self.context()
                 batch = prepare([raw_event(e) for e in events], lambda r: parse(r, ctx), ctx, self.rekey_topics)
-                rows, cache = {}, self.row_cache[agent]
-                for entity_id, entries in batch.groups.items():
-                    with event_context(entries[0].event.handle):
-                        rows[entity_id] = cache.take(entity_id, table.get(entity_id))
+                cache = self.row_cache[agent]
+
+                def read(entity_id: str, event: RawEvent):
+                    with event_context(event.handle):
+                        return cache.take(entity_id, table.get(entity_id))
+
+                rows = read_rows(batch, read)
                 await self.apply(process(batch, rows, ctx), table, cache)
         except Exception:  # a bug must not stop the worker; the events are reported, not lost
             log.exception("%s batch of %d events failed", agent, len(events))
@@ -187,7 +190,7 @@ class Runtime:
     async def rebuild_catalogue(self) -> None:
         """After recovery: put the items of this worker's table partitions back in the catalogue."""
         svc = self.service
-        n = restore_catalogue(svc, ((iid, decode_row(raw)) for iid, raw in self.items.items()))
+        n = restore_catalogue(svc, decoded_rows(self.items.items()))
         self.metrics.catalogue_items.set(len(svc.catalogue))
         log.info("catalogue: %d items (%d restored from the item table)", len(svc.catalogue), n)
 
@@ -213,6 +216,14 @@ class Runtime:
     async def update_table_sizes(self) -> None:
         self.metrics.table_entries.labels(table="users").set(len(self.users))
         self.metrics.table_entries.labels(table="items").set(len(self.items))
+
+def decoded_rows(rows):
+    """(key, row) of stored rows; an undecodable one is logged and skipped (its events dead-letter when touched)."""
+    for key, raw in rows:
+        try:
+            yield key, decode_row(raw)
+        except RowDecodeError as exc:
+            log.error("stored row of %r cannot be decoded (%s): skipped", key, exc)
 
 def raw_event(event) -> RawEvent:
     """A Faust event as the processor sees it."""

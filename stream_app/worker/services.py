@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import faust
 
+from stream_app.errors import EventError
 from stream_app.stream import lifecycle as lc
 from stream_app.stream.item_batch import apply_catalogue_entry
 from stream_app.stream.service import FoldInService
@@ -61,7 +61,10 @@ class CatalogueSync(faust.Service):
                 for records in batches.values():
                     for record in records:
                         try:
-                            apply_catalogue_entry(rt.service, record.key.decode(), json.loads(record.value))
+                            apply_catalogue_entry(rt.service, record.key, record.value)
+                        except EventError as exc:
+                            log.warning("bad catalogue entry at %s@%s skipped: %s", record.partition, record.offset,
+                                        exc)
                         except Exception:  # noqa: BLE001 (one bad entry must not stop the sync)
                             log.exception("bad catalogue entry at %s@%s", record.partition, record.offset)
                 if batches:
