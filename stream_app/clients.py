@@ -277,7 +277,7 @@ def read_table(bootstrap: str, topic: str, timeout: float = 30.0) -> dict:
                 raise WaitTimeout(f"{topic} not read to its end in {timeout:g} s")
             for records in consumer.poll(timeout_ms=200).values():
                 for r in records:
-                    rows[json.loads(r.key)] = decode_row(r.value)  # Faust writes table keys as JSON
-        return rows
+                    rows[json.loads(r.key)] = r.value  # Faust writes table keys as JSON
+        return {key: decode_row(raw) for key, raw in rows.items()}  # only the last row of each key
     finally:
         consumer.close()
