@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from soak_cluster import Sampler, Slot, owned  # noqa: E402 (bench/ is on sys.path when run as a script)
+from soak_cluster import Sampler, Slot, caught_up, drained, owned  # noqa: E402 (bench/ is on sys.path when run as a script)
 from soak_ledger import Ledger, Published, RatingSource, check_side, check_swap, publish_latency  # noqa: E402
 from soak_report import plot, summarize, table  # noqa: E402
 
@@ -35,7 +35,7 @@ APP = "soak"
 TOPICS = ("ratings", "users", "items", "recommend-requests", "user-vectors", "item-vectors", "recommendations",
           "dead-letters")  # the default names: the broker is the soak's own
 MODEL = dict(n_dim=6, m_records=5, k_samples=8, hidden=24, predictor_hidden=24, batch_size=128, rounds=2)
-PROBE_SECONDS = 30.0  # the capacity probe's longest wait: bounded even on a crowded machine
+PROBE_SECONDS = 60.0  # the capacity probe's longest wait: bounded even on a crowded machine
 DATA = ["--data", "synthetic", "--synthetic-users", "200", "--synthetic-items", "100"]
 
 
@@ -83,6 +83,7 @@ class Soak:
         self.source = RatingSource(args.seed, args.users, args.items, args.resend)
         self.producer = json_producer(broker.bootstrap)
         self.sampler: Sampler | None = None
+        self.trainer: subprocess.Popen | None = None
         self.result: dict = {"kills": [], "swap": {}, "phases": {}}
 
     # -- set-up
@@ -96,15 +97,16 @@ class Soak:
         ensure_topics(self.settings, TOPICS)
         for slot in self.slots:
             slot.start()
-        self.sampler = Sampler(self.broker.bootstrap, APP, "ratings", self.args.partitions, self.slots, self.ledger,
-                               self.args.sample_interval, self.broker.pid)
+        self.sampler = Sampler(self.broker.bootstrap, APP, "ratings", self.item_topic, self.args.partitions,
+                               self.slots, self.ledger, self.args.sample_interval, self.broker.pid)
         self.sampler.start()
-        ready = self.sampler.wait_for(lambda s: owned(s) == self.args.partitions and all(
-            w and w["partitions"] for w in s["workers"].values()), timeout=180)
+        ready = self.sampler.wait_for(lambda s: owned(s) == self.args.partitions and all(s["workers"].values()),
+                                      timeout=180)
         self.check_workers()
         if ready is None:
-            raise RuntimeError("the workers did not share the partitions within 180 s")
-        self.log(f"{len(self.slots)} workers serving after {time.time() - started:.0f} s")
+            raise RuntimeError("the workers did not serve every partition within 180 s")
+        shares = {name: w["partitions"] for name, w in self.sampler.latest["workers"].items()}
+        self.log(f"{len(self.slots)} workers serving after {time.time() - started:.0f} s; ratings partitions {shares}")
 
     def check_workers(self) -> None:
         for slot in self.slots:
@@ -119,23 +121,28 @@ class Soak:
         self.ledger.record(event, again)
 
     def probe(self) -> float:
-        """Ratings/s the group sustains: a burst produced at once, counted by the item side (the last hop) for at
-        most PROBE_SECONDS; the rest of the burst drains before the load starts."""
+        """Ratings/s the group sustains: a burst produced at once, counted by the item side (the last hop); the rate
+        is taken over its second half (windows fill up and cost more: a fresh state flatters), for at most
+        PROBE_SECONDS. The rest of the burst drains before the load starts."""
         from stream_app.commands.demo import counted
 
         n, started = self.args.probe, time.time()
         for _ in range(n):
             self.send(resend=False)
         self.producer.flush()
-        done = 0.0
+        done, half = 0.0, None
         while done < n and time.time() < started + PROBE_SECONDS:
             time.sleep(0.5)
             self.check_workers()
             done = sum(counted(slot.metrics(), self.item_topic) for slot in self.slots)
-        seconds = time.time() - started
-        drained = self.sampler.wait_for(lambda s: s["lag"] == 0, self.args.drain_timeout, after=time.time())
-        self.result["probe"] = {"ratings": n, "seconds": seconds, "counted": done, "rest_drained_s": drained}
-        return done / seconds
+            if half is None and done >= n / 2:
+                half = (time.time(), done)
+        now = time.time()
+        since, base = half if half is not None and now - half[0] > 5 else (started, 0.0)
+        rest = self.sampler.wait_for(drained, self.args.drain_timeout, after=now)
+        self.result["probe"] = {"ratings": n, "seconds": now - started, "counted": done,
+                                "measured_from_s": since - started, "rest_drained_s": rest}
+        return (done - base) / (now - since)
 
     def offer(self, rate: float, until: float) -> threading.Thread:
         def run():
@@ -158,22 +165,21 @@ class Soak:
         """SIGKILL one worker; time the takeover (survivors own every partition), the catch-up (the group
         committed everything produced before the kill), then restart it on its old store and time its rejoin."""
         parts = self.args.partitions
-        before = (self.sampler.latest["workers"].get(slot.name) or {}).get("partitions")
-        ends = self.ledger.snapshot_ends()
+        latest = self.sampler.latest
+        before = (latest["workers"].get(slot.name) or {}).get("partitions")
         at = time.time()
         slot.kill()
         moved = self.sampler.wait_for(lambda s: owned(s) == parts, 120, after=at)
-        caught_up = self.sampler.wait_for(lambda s: all(
-            c is not None and c >= ends.get(p, 0) for p, c in enumerate(s["committed"])), 120, after=at)
+        caught = self.sampler.wait_for(lambda s: caught_up(s, latest), 180, after=at)
         slot.start()
         restarted = time.time()
         # Faust's sticky assignment may leave the newcomer only standbys: rejoined = serving, all partitions owned
         rejoined = self.sampler.wait_for(lambda s: owned(s) == parts and s["workers"].get(slot.name), 180,
                                          after=restarted)
         got = (self.sampler.latest["workers"].get(slot.name) or {}).get("partitions")
-        kill = {"t": at, "worker": slot.name, "partitions": before, "moved_s": moved, "caught_up_s": caught_up,
+        kill = {"t": at, "worker": slot.name, "partitions": before, "moved_s": moved, "caught_up_s": caught,
                 "restarted_s": restarted - at, "rejoined_s": rejoined, "partitions_after": got}
-        self.log(f"killed {slot.name} (owned {before}): partitions moved {fmt(moved)} s, caught up {fmt(caught_up)}"
+        self.log(f"killed {slot.name} (owned {before}): partitions moved {fmt(moved)} s, caught up {fmt(caught)}"
                  f" s; restarted, serving {fmt(rejoined)} s later with {got} partitions")
         return kill
 
@@ -191,15 +197,35 @@ class Soak:
         thread.start()
         return thread
 
-    def retrain(self) -> subprocess.Popen:
+    def retrain(self) -> None:
         self.log("retraining beside the workers ...")
         self.result["swap"]["retrain_started"] = time.time()
-        log = open(self.work / "retrain.log", "wb")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen(train_command(self.args.retrain_steps, retrain=True), env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(self.work / "retrain.log", "wb") as log:
+            self.trainer = subprocess.Popen(train_command(self.args.retrain_steps, retrain=True), env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.sampler.trainer_pid = self.trainer.pid
+
+    def follow_swap(self) -> bool:
+        """Note when the retrain ends and when every worker serves its model; True while it trains."""
+        swap, trainer = self.result["swap"], self.trainer
+        if trainer is None:
+            return False
+        if "retrain_ended" not in swap:
+            if trainer.poll() is None:
+                return True
+            now = time.time()
+            swap.update(retrain_ended=now, retrain_rc=trainer.returncode, train_seconds=train_seconds(self.work))
+            swap["new_version"] = served_version(self.artifacts) if trainer.returncode == 0 else None
+            self.log(f"retrain exited {trainer.returncode} after {now - swap['retrain_started']:.0f} s")
+        latest = self.sampler.latest["workers"].values()
+        if swap.get("new_version") and "swapped_at" not in swap and all(
+                w and w["model"] == swap["new_version"] for w in latest):
+            swap["swapped_at"] = self.sampler.latest["t"]
+            self.log(f"every worker serves {swap['new_version']}")
+        return False
 
     def run(self) -> None:
-        a, swap = self.args, self.result["swap"]
+        a = self.args
         capacity = None if a.rate else self.probe()
         rate = a.rate or capacity * a.load
         self.result.update(capacity_per_s=capacity, rate_per_s=rate)
@@ -208,34 +234,29 @@ class Soak:
         end, middle = start + a.minutes * 60, start + a.minutes * 30
         self.result["phases"] = {"load_start": start, "load_end": end}
         offer = self.offer(rate, end)
-        trainer = killer = None
+        killer = None
         next_kill = start + self.rng.uniform(*a.kill_every)
         while time.time() < end:
             self.check_workers()
             now = time.time()
-            if trainer is None and now >= middle:
-                trainer = self.retrain()
-            if trainer is not None and "retrain_ended" not in swap and trainer.poll() is not None:
-                swap.update(retrain_ended=now, retrain_rc=trainer.returncode, train_seconds=train_seconds(self.work))
-                swap["new_version"] = served_version(self.artifacts) if trainer.returncode == 0 else None
-                self.log(f"retrain exited {trainer.returncode} after {now - swap['retrain_started']:.0f} s")
-            if swap.get("new_version") and "swapped_at" not in swap and all(
-                    w and w["model"] == swap["new_version"] for w in self.sampler.latest["workers"].values()):
-                swap["swapped_at"] = self.sampler.latest["t"]
-                self.log(f"every worker serves {swap['new_version']}")
-            training = trainer is not None and "retrain_ended" not in swap
+            if self.trainer is None and now >= middle:
+                self.retrain()
+            training = self.follow_swap()
             busy = killer is not None and killer.is_alive()
             if now >= next_kill and not training and not busy:  # no kill while training: its cost stands alone
                 killer = self.chaos(self.victim())
                 next_kill = now + self.rng.uniform(*a.kill_every)
             time.sleep(0.2)
         offer.join()
+        if self.follow_swap():
+            self.log("the retrain was still running when the load ended: stopped, no swap under load")
+            self.trainer.kill()
         if killer is not None:
             killer.join()
-        drained = self.sampler.wait_for(lambda s: s["lag"] == 0, a.drain_timeout, after=end)
-        self.result["phases"]["drained_s"] = drained
-        self.log(f"offered {self.ledger.ratings} ratings (+{self.ledger.resent} re-sent); ratings topic drained "
-                 f"{fmt(drained)} s after the load ended")
+        done = self.sampler.wait_for(drained, a.drain_timeout, after=end)
+        self.result["phases"]["drained_s"] = done
+        self.log(f"offered {self.ledger.ratings} ratings (+{self.ledger.resent} re-sent); both hops drained "
+                 f"{fmt(done)} s after the load ended")
 
     # -- the final state
     def read_outputs(self) -> dict[str, list[Published]]:
@@ -291,6 +312,9 @@ class Soak:
         self.result["logs"] = {slot.name: slot.logs() for slot in self.slots}
 
     def close(self) -> None:
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.trainer.kill()
+            self.trainer.wait()
         for slot in self.slots:
             slot.kill()
         if self.sampler is not None and self.sampler.is_alive():
@@ -314,7 +338,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=None,
                    help="ratings/s to offer (default: --load x the probed capacity)")
     p.add_argument("--load", type=float, default=0.5, help="fraction of the probed capacity to offer (default 0.5)")
-    p.add_argument("--probe", type=int, default=2000, help="ratings of the capacity probe (default 2000)")
+    p.add_argument("--probe", type=int, default=4000, help="ratings of the capacity probe (default 4000)")
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--resend", type=float, default=0.02, help="fraction of sends that re-send a recent rating")

@@ -65,6 +65,10 @@ class Slot:
         worker = self.worker
         return None if worker is None else rss_mb(worker.process.pid)
 
+    def cpu_s(self) -> float | None:
+        worker = self.worker
+        return None if worker is None else cpu_s(worker.process.pid)
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("worker-*.log")))
 
@@ -80,6 +84,22 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far (Linux), None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores: who else competes for them."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal
+    return (total - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), total / os.sysconf("SC_CLK_TCK")
+
+
 def model_of(samples: dict | None) -> str | None:
     """The model_version a worker serves, from its /metrics."""
     for labels, value in (samples or {}).get("recsys_model_info", ()):
@@ -89,19 +109,21 @@ def model_of(samples: dict | None) -> str | None:
 
 
 class Sampler(threading.Thread):
-    """Every `interval` s: per live worker its ratings partitions, model, replays (its counter since it started)
-    and RSS; the broker's RSS; the group's committed offset and the acknowledged end of each ratings partition
-    (lag = their difference, summed). `latest` is the newest sample; `samples` all of them."""
+    """Every `interval` s: per live worker its ratings partitions, model, replays (its counter since it started),
+    RSS and CPU seconds; the broker's RSS and CPU, this process's and the whole machine's CPU; the group's
+    committed offsets of both hops against their ends (lag). `latest` is the newest sample; `samples` all."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int, slots: list[Slot], ledger,
-                 interval: float = 1.0, broker_pid: int | None = None):
+    def __init__(self, bootstrap: str, group: str, topic: str, item_topic: str, partitions: int, slots: list[Slot],
+                 ledger, interval: float = 1.0, broker_pid: int | None = None):
         super().__init__(daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         self.parts = [TopicPartition(topic, p) for p in range(partitions)]
+        self.item_parts = [TopicPartition(item_topic, p) for p in range(partitions)]
         self.topic, self.slots, self.ledger, self.interval = topic, slots, ledger, interval
         self.broker_pid = broker_pid
+        self.trainer_pid: int | None = None  # the retrain's process, once it runs
         self.samples: list[dict] = []
         self.latest: dict | None = None
         self.stopping = threading.Event()
@@ -113,27 +135,37 @@ class Sampler(threading.Thread):
             self.samples.append(self.latest)
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
+    def committed(self, parts) -> list[int | None]:
+        out = []
+        for tp in parts:  # the group's offsets, fetched without joining it
+            try:
+                out.append(self.consumer.committed(tp) or 0)
+            except Exception:  # noqa: BLE001 (coordinator busy with a rebalance: no value this time)
+                out.append(None)
+        return out
+
     def sample(self) -> dict:
         now = time.time()
         ends = self.ledger.snapshot_ends()
-        committed = []
-        for tp in self.parts:  # the group's offsets, fetched without joining it
-            try:
-                committed.append(self.consumer.committed(tp) or 0)
-            except Exception:  # noqa: BLE001 (coordinator busy with a rebalance: no value this time)
-                committed.append(None)
+        committed, item_committed = self.committed(self.parts), self.committed(self.item_parts)
+        try:  # tansu counts a multi-record batch as one record here: the item lag may read a few records short
+            item_ends = [self.consumer.end_offsets(self.item_parts)[tp] for tp in self.item_parts]
+        except Exception:  # noqa: BLE001 (no answer this time)
+            item_ends = None
         workers = {}
         for slot in self.slots:
             samples = slot.metrics()
             workers[slot.name] = None if samples is None else {
-                "incarnation": slot.incarnation, "rss_mb": slot.rss_mb(), "model": model_of(samples),
+                "incarnation": slot.incarnation, "rss_mb": slot.rss_mb(), "cpu_s": slot.cpu_s(),
+                "model": model_of(samples),
                 "partitions": int(metric_sum(samples, "recsys_assigned_partitions", topic=self.topic)),
                 "replays": metric_sum(samples, "recsys_partition_replays_total")}
-        known = [c for c in committed if c is not None]
-        lag = sum(max(ends.get(p, 0) - c, 0) for p, c in enumerate(committed) if c is not None) \
-            if len(known) == len(committed) else None
-        return {"t": now, "ends": [ends.get(p, 0) for p in range(len(self.parts))], "committed": committed,
-                "lag": lag, "workers": workers, "broker_rss_mb": rss_mb(self.broker_pid)}
+        ends = [ends.get(p, 0) for p in range(len(self.parts))]
+        return {"t": now, "ends": ends, "committed": committed, "lag": lag(ends, committed),
+                "item_ends": item_ends, "item_committed": item_committed, "item_lag": lag(item_ends, item_committed),
+                "workers": workers, "broker_rss_mb": rss_mb(self.broker_pid), "broker_cpu_s": cpu_s(self.broker_pid),
+                "trainer_cpu_s": cpu_s(self.trainer_pid), "soak_cpu_s": cpu_s(os.getpid()),
+                "machine_cpu_s": machine_cpu_s()}
 
     def wait_for(self, condition, timeout: float, after: float = 0.0) -> float | None:
         """Seconds after `after` (a wall time) at which a sample taken after it first met condition(sample);
@@ -152,6 +184,27 @@ class Sampler(threading.Thread):
         self.stopping.set()
         self.join(timeout=10)
         self.consumer.close()
+
+
+def lag(ends: list[int] | None, committed: list[int | None]) -> int | None:
+    """Events past the group's committed offsets, summed over partitions (None if an offset is unknown)."""
+    if ends is None or None in committed:
+        return None
+    return sum(max(end - c, 0) for end, c in zip(ends, committed, strict=True))
+
+
+def drained(sample: dict) -> bool:
+    """Both hops have committed every event: the ratings (user side) and the forwards (item side)."""
+    return sample["lag"] == 0 and sample["item_lag"] == 0
+
+
+def caught_up(sample: dict, before: dict) -> bool:
+    """Both hops have committed every event that was there at the time of the sample `before`."""
+    def past(committed, ends):
+        return ends is not None and None not in committed and all(
+            c >= e for c, e in zip(committed, ends, strict=True))
+
+    return past(sample["committed"], before["ends"]) and past(sample["item_committed"], before["item_ends"])
 
 
 def owned(sample: dict) -> int:

@@ -112,6 +112,61 @@ def test_publish_latency_takes_the_first_message_that_counts_each_rating():
     assert sent.tolist() == [10.0, 11.0, 12.0] and delay.tolist() == [0.5, 2.0, 1.0]
 
 
+def fake_run(t0: float, lose_one: bool) -> tuple[dict, list[dict]]:
+    """What bench/soak.py hands its report: a minute of samples (one worker killed at 20 s and back at 30 s, a
+    retrain at 35-45 s) and the checks of a final state, right or with one rating lost."""
+    _, ledger = sent_ratings()
+    users = rows_from(ledger, "user", 4)
+    if lose_one:
+        users[next(iter(users))].n_ratings -= 1
+    checks = {"user": soak_ledger.check_side("user", ledger.user_ts, ledger.pair, published_from(ledger, "user"),
+                                             users, 4),
+              "item": soak_ledger.check_side("item", ledger.item_ts, ledger.pair, published_from(ledger, "item"),
+                                             rows_from(ledger, "item", 4), 4),
+              "swap": {side: {"swapped": True, "old_after_swap": 0, "stale_last": 0, "rated_after_swap": 3}
+                       for side in ("user", "item")}, "dead_letters": 0, "send_errors": 0}
+    samples = []
+    for k in range(61):
+        alive = not 20 <= k < 30
+        workers = {"w0": {"incarnation": 1, "rss_mb": 300.0 + k, "cpu_s": 0.5 * k, "model": "v1", "partitions": 2,
+                          "replays": 1.0 if k > 50 else 0.0},
+                   "w1": {"incarnation": 1 + (k >= 30), "rss_mb": 280.0, "cpu_s": 0.4 * k, "model": "v1",
+                          "partitions": 2, "replays": 0.0} if alive else None}
+        samples.append({"t": t0 + k, "ends": [10 * k, 10 * k], "committed": [10 * k - 5, 10 * k - 5], "lag": 10,
+                        "item_ends": [10 * k, 10 * k], "item_committed": [10 * k, 10 * k], "item_lag": 0,
+                        "workers": workers, "broker_rss_mb": 50.0 + k, "broker_cpu_s": 0.2 * k,
+                        "trainer_cpu_s": 0.9 * (k - 35) if 35 <= k <= 45 else None, "soak_cpu_s": 0.1 * k,
+                        "machine_cpu_s": (1.8 * k, 2.0 * k)})
+    sent = np.array([t0 - 5 + 0.5 * k for k in range(130)])
+    raw = {"kills": [{"t": t0 + 20, "worker": "w1", "partitions": 2, "moved_s": 7.0, "caught_up_s": 9.0,
+                      "restarted_s": 9.5, "rejoined_s": 4.0, "partitions_after": 0}],
+           "swap": {"old_version": "v1", "new_version": "v2", "retrain_started": t0 + 35, "retrain_ended": t0 + 45,
+                    "swapped_at": t0 + 46},
+           "phases": {"load_start": t0, "load_end": t0 + 55, "drained_s": 3.0}, "checks": checks,
+           "latency": (sent, np.full(len(sent), 0.05)), "logs": {"w0": "x: commits stalled at 7 for 15 s"},
+           "capacity_per_s": 40.0, "rate_per_s": 20.0, "resent": 4, "probe": {}}
+    return raw, samples
+
+
+@pytest.mark.parametrize("lose_one", [False, True])
+def test_the_report_gives_the_verdict_the_table_and_the_plot(tmp_path, lose_one):
+    soak_report = pytest.importorskip("soak_report")
+    t0 = 1_800_000_000.0
+    raw, samples = fake_run(t0, lose_one)
+    args = {"minutes": 1.0, "workers": 2, "partitions": 2, "warmup": 10.0}
+    result = soak_report.summarize(raw, samples, args, BENCH.parent)
+    assert result["ok"] is not lose_one
+    assert result["failures"] == (["users: lost 1", "users: table_count_wrong 1"] if lose_one else [])
+    assert result["kills"][0]["t"] == 20.0 and result["swap"]["swapped_at"] == 46.0  # relative to the load
+    assert result["rss"]["witness"]["growth_pct"] == pytest.approx(100 * (360 - 310) / 310)
+    assert result["replays"] == {"metric_total": 1.0, "log_lines": 1, "fetch_skips_logged": 0, "swaps_logged": 0}
+    assert result["retraining"]["cores"]["trainer"] == pytest.approx(0.9)
+    assert result["steady"]["committed_per_s"] == pytest.approx(20.0)
+    assert ("verdict: FAILED" in soak_report.table(result)) is lose_one
+    soak_report.plot(json.loads(json.dumps(result, default=float)), tmp_path / "soak.png")
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_minute_chaos_soak_loses_nothing_counts_nothing_twice_and_swaps(tansu, tmp_path):
