@@ -1,4 +1,5 @@
-"""Small kafka-python helpers shared by the client tools (replay, recommend, tail), the demo and the tests.
+"""Small kafka-python helpers shared by the client tools (replay, recommend, tail), the demo, the tests and the
+benchmarks.
 
     producer = json_producer(bootstrap_servers(settings))
     producer.send(settings.topic_ratings, {"event_id": "e1", ...}, key="7")
@@ -254,3 +255,29 @@ def wait_for(bootstrap: str, topic: str, predicate: Callable[[Record], bool], ti
     """The first record of `topic` (from its beginning, or from now with start="end") matching `predicate`."""
     with TopicReader(bootstrap, topic, start=start) as reader:
         return reader.wait_for(predicate, timeout)
+
+
+def read_table(bootstrap: str, topic: str, timeout: float = 30.0) -> dict:
+    """The last row per key of a table's changelog topic (`<app_id>-users-changelog`, ...), decoded: what the
+    table holds, {entity id: EntityState or None for a deleted row}. WaitTimeout if not read to its end in time."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream_app.stream.codec import decode_row
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        rows: dict = {}
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"{topic} not read to its end in {timeout:g} s")
+            for records in consumer.poll(timeout_ms=200).values():
+                for r in records:
+                    rows[json.loads(r.key)] = r.value  # Faust writes table keys as JSON
+        return {key: decode_row(raw) for key, raw in rows.items()}  # only the last row of each key
+    finally:
+        consumer.close()

@@ -22,8 +22,8 @@ import time
 import pytest
 from stream_harness import PARTITIONS, TS, Worker, last_vector, rating, train_tiny, wait_for_split
 
+from stream_app.clients import read_table
 from stream_app.core.artifacts import WEIGHTS, set_current
-from stream_app.stream.codec import decode_row
 from stream_app.stream.state import EntityState
 
 pytestmark = pytest.mark.integration
@@ -63,28 +63,6 @@ def wait_metric(worker: Worker, series: str, at_least: float, timeout: float = 3
         assert time.monotonic() < deadline, f"{series} = {value} < {at_least}\n{worker.log_tail()}"
         assert worker.process.poll() is None, f"worker died:\n{worker.log_tail()}"
         time.sleep(0.2)
-
-
-def changelog_states(broker, topic: str) -> dict[str, EntityState | None]:
-    """The last value per key of a table's changelog topic: what the table holds (rows of stream/codec.py)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        states: dict[str, dict] = {}
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            assert time.monotonic() < deadline, "changelog not read to its end"
-            for records in consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    states[json.loads(r.key)] = decode_row(r.value)
-        return states
-    finally:
-        consumer.close()
 
 
 def send_paced(worker: Worker, events: list[dict], pause: float, at: dict | None = None) -> threading.Thread:
@@ -278,7 +256,7 @@ def test_swap_under_steady_load_loses_nothing_and_later_vectors_carry_the_new_ve
     stamps = collections.defaultdict(list)
     for e in events:
         stamps[e["user_id"]].append(float(e["ts"]))
-    check_windows(changelog_states(kafka_broker, f"{served.app_id}-users-changelog"), stamps, "user")
+    check_windows(read_table(kafka_broker.bootstrap, f"{served.app_id}-users-changelog"), stamps, "user")
     m = metrics_summary(served, ("recsys_model_load_seconds_sum", "recsys_model_load_seconds_count",
                                  "recsys_model_swap_pause_seconds_sum", "recsys_model_swap_pause_seconds_count",
                                  'recsys_refolds_total{side="user"}', 'recsys_refolds_total{side="item"}'))
@@ -318,8 +296,8 @@ def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> d
     for e in events:
         user_stamps[e["user_id"]].append(float(e["ts"]))
         item_stamps[e["item_id"]].append(float(e["ts"]))
-    check_windows(changelog_states(broker, f"{w.app_id}-users-changelog"), user_stamps, "user")
-    check_windows(changelog_states(broker, f"{w.app_id}-items-changelog"), item_stamps, "item")
+    check_windows(read_table(broker.bootstrap, f"{w.app_id}-users-changelog"), user_stamps, "user")
+    check_windows(read_table(broker.bootstrap, f"{w.app_id}-items-changelog"), item_stamps, "item")
     ratings = w.topics["ratings"]
     replays = sum(float(x.rsplit(" ", 1)[1]) for x in w.metrics_text().splitlines()
                   if x.startswith("recsys_partition_replays_total{"))
@@ -342,7 +320,7 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
         sent = collections.defaultdict(list)
         for e in events:
             sent[e[f"{side}_id"]].append(float(e["ts"]))
-        table = changelog_states(broker, f"{w.app_id}-{side}s-changelog")
+        table = read_table(broker.bootstrap, f"{w.app_id}-{side}s-changelog")
         published: dict[str, int] = {}
         for key, value in w.received[f"{side}_vectors"]:
             published[key] = max(published.get(key, 0), value["n_ratings"])
