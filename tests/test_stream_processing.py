@@ -217,3 +217,14 @@ def test_catalogue_records_are_applied_checked_and_other_models_skipped(ctx, rec
     assert other.catalogue.index_of("x") is None
     with pytest.raises(EventError):
         apply_catalogue_entry(other, b"y", json.dumps({**entry, "vector": st.pack_vector([1.0])}).encode())
+
+
+def test_a_rating_delivered_late_takes_its_place_in_time_and_the_window_keeps_the_latest():
+    # a partition re-read after a fault can apply an older rating after newer ones (seen in the chaos soak)
+    state = st.new_state()
+    for ts in (1.0, 2.0, 4.0, 5.0):
+        assert st.add_rating(state, f"e{ts}", f"i{ts}", (0.5, None), ts, window=4)
+    assert st.add_rating(state, "late", "i3", (0.5, None), 3.0, window=4)
+    assert [e.ts for e in state.window] == [2.0, 3.0, 4.0, 5.0]
+    assert st.add_rating(state, "older", "i0", (0.5, None), 0.5, window=4)  # older than the whole window
+    assert [e.ts for e in state.window] == [2.0, 3.0, 4.0, 5.0] and state.n_ratings == 6

@@ -26,6 +26,7 @@ False
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -99,7 +100,8 @@ def remember(state: EntityState, key: str, window: int) -> None:
 
 def add_rating(state: EntityState, event_id: str, other_id: str, rates, ts: float, window: int,
                vector: np.ndarray | None = None, features: Sparse | None = None) -> bool:
-    """Append one rating to the window (dropping the oldest beyond `window`); False = duplicate, unchanged.
+    """Add one rating to the window, kept in time order whatever the arrival order (a partition re-read after a
+    fault delivers some ratings late), dropping the oldest beyond `window`; False = duplicate, unchanged.
 
     rates: (stars scaled or None, thumbs or None); vector, features: the item side's rater columns.
     """
@@ -111,7 +113,10 @@ def add_rating(state: EntityState, event_id: str, other_id: str, rates, ts: floa
     entry = WindowEntry(str(other_id), opt_float(rates[0]), opt_float(rates[1]), float(ts), vector,
                         None if features is None else tuple((int(k), float(v)) for k, v in features))
     win = state.window
-    win.append(entry)
+    if win and entry.ts < win[-1].ts:  # a late (e.g. re-read) rating goes where its time puts it
+        bisect.insort_right(win, entry, key=lambda e: e.ts)
+    else:
+        win.append(entry)
     if len(win) > window:
         del win[: len(win) - window]
     state.n_ratings = int(state.n_ratings) + 1
