@@ -348,7 +348,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=120.0,
                    help="seconds after the load starts (or a worker does) before its RSS growth counts (default 120)")
     p.add_argument("--sample-interval", type=float, default=1.0)
-    p.add_argument("--drain-timeout", type=float, default=300.0)
+    p.add_argument("--drain-timeout", type=float, default=900.0,
+                   help="longest wait for the pipeline to drain after the load, and for outputs (default 900)")
     p.add_argument("--worker-env", action="append", default=[], metavar="RECSYS_X=V", help="worker setting (repeat)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "issue15" / "soak.json"))

@@ -247,6 +247,11 @@ def table(r: dict) -> str:
         f"event-to-publish (user vectors): p50 {fmt(r['latency']['p50_s'], '.3f')} s, p99 "
         f"{fmt(r['latency']['p99_s'], '.2f')} s, max {fmt(r['latency']['max_s'], '.1f')} s",
     ]
+    steady = r["steady"]
+    if steady["offered_per_s"] and steady["committed_per_s"] < 0.95 * steady["offered_per_s"]:
+        lines.append(f"WARNING: overloaded: in the steady state the group committed only "
+                     f"{steady['committed_per_s'] / steady['offered_per_s']:.0%} of the offered ratings (the probe "
+                     f"flattered, or other jobs took the CPU): lag and latency grew all along; try --rate")
     for name in ("steady", "retraining"):
         w = r[name]
         used = w.get("cores") or {}
