@@ -20,8 +20,9 @@ produces is delivered, before its offset is committed. The guarantees, in the or
 6. An input offset is committed only after every record produced before it (outputs, forwards, changelog
    records) was delivered: `Consumer._commit_tps` flushes the producer first.
 7. An input partition whose committed offset stays put for `commit_stall_timeout` seconds while events wait
-   past it is read again from that offset: `StallReplayer.replay` (the stall rule is stream/offsets.py). A
-   safety net since rule 9: each replay is counted (`recsys_partition_replays_total`).
+   past it (outside rebalances, which pause it and end with a seek to it) is read again from that offset:
+   `StallReplayer.replay` (the stall rule is stream/offsets.py). A safety net since rule 9: each replay is
+   counted (`recsys_partition_replays_total`).
 8. A re-delivered event changes no state, but its entity's row is written and its vector published again:
    `stream.processing.republish_duplicates` (a pure rule, unit-tested).
 9. After every assignment, and whenever Faust drops an input event it fetched before an agent took it, the
@@ -341,6 +342,9 @@ class StallReplayer:
     async def replay(self) -> None:
         consumer = self.app.consumer
         if not isinstance(consumer, Consumer):
+            return
+        if self.app.rebalancing:  # paused until the rebalance's own seek to the commit: the clocks start after it
+            self.stalls.stalled({}, time.monotonic())
             return
         pending = {}  # input partitions with events past their last commit (Faust's own record of it)
         for tp in consumer.assignment():
