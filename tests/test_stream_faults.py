@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 MAX_EVENT_BYTES = 65536  # the default: deep nesting fits under it and must fail as JSON, not as size
 KILL9_RUNS = int(os.environ.get("RECSYS_KILL9_RUNS", "1"))
+KILL9_STALL = "15"  # the default commit-stall timeout: with the harness's 5 s a busy survivor's backlog looked stalled
 
 
 def pytest_generate_tests(metafunc):
@@ -416,7 +417,8 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
 def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path, request, kill9_run):
     root, _ = models
     w = Worker(kafka_broker, root / "v1", tmp_path)  # a model folder: no pointer to follow
-    w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0")
+    w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
+                 RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
     try:
         w.start()
         events = kill9_events("k9")
@@ -465,7 +467,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
     for w in (survivor, victim):
         w.root.mkdir()
         w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
-                     RECSYS_STANDBY_REPLICAS=str(standbys))
+                     RECSYS_STANDBY_REPLICAS=str(standbys), RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
     try:
         survivor.start()
         victim.start(alone=False)
