@@ -2,8 +2,9 @@
 measured capacity, a random worker killed with SIGKILL every 60-120 s and restarted, one retrain beside serving
 whose model is swapped in midway; at the end, every rating must be in the final state exactly once.
 
-    python bench/soak.py                                   # 20 minutes (>= 10 kills); ~25 min in all
-    python bench/soak.py --minutes 2 --kill-every 30 45    # the CI variant (tests/test_soak.py); ~3.5 min
+    python bench/soak.py                                   # 20 minutes of load (>= 10 kills); ~30 min in all
+    python bench/soak.py --minutes 2 --kill-every 30 45 --probe 800 --retrain-steps 30 --warmup 20
+                                                           # the CI variant (tests/test_soak.py); ~4 min
 
 Loopback only, bounded in time and count. What it checks and measures: docs/benchmarks.md (Chaos soak).
 Writes --out (JSON) and the same name .png (lag, rates, RSS over time with kill and swap markers).
