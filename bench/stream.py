@@ -342,13 +342,9 @@ class Run:
 
     def rss_mb(self) -> float | None:
         """Resident memory of the worker process now (Linux)."""
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except (OSError, AttributeError):
-            pass
-        return None
+        from procstat import rss_mb  # bench/ is on sys.path when run as a script
+
+        return None if self.process is None else rss_mb(self.process.pid)
 
     def published(self, idle: float = 1.5) -> dict[str, tuple[int, int]]:
         """(records, bytes of keys and values) now in every topic of this run, counted by reading them all
