@@ -256,11 +256,11 @@ def parse_rating(raw: bytes | None, schema, max_bytes: int) -> RatingEvent:
     event_id = parse_id(d, "event_id")
     user_id = parse_id(d, "user_id")
     item_id = parse_id(d, "item_id")
-    rating = _required(d, "rating")
+    rating = required(d, "rating")
     if isinstance(rating, bool) or not isinstance(rating, numbers.Real | dict):
         raise EventError(BAD_TYPE, f"rating must be a number or an object of rates, got {_json_type(rating)}")
     rates = schema.rates_from_event(rating)
-    ts = parse_ts(_required(d, "ts"))
+    ts = parse_ts(required(d, "ts"))
     context = d.get("context")
     if context is not None and not isinstance(context, dict):
         raise EventError(BAD_TYPE, f"context must be an object, got {_json_type(context)}")
@@ -297,7 +297,7 @@ def parse_request(raw: bytes | None, max_bytes: int, default_n: int) -> Recommen
 
 def parse_id(d: dict, key: str) -> str:
     """A string or integer id, normalised to str; raises EventError (missing_field or bad_id)."""
-    value = _required(d, key)
+    value = required(d, key)
     if isinstance(value, bool):
         raise EventError(BAD_ID, f"{key} must be a string or an integer, got {json.dumps(value)}")
     if isinstance(value, int):
@@ -359,7 +359,8 @@ def parse_ts(value) -> float:
     raise EventError(BAD_TIMESTAMP, f"ts must be epoch seconds or ISO 8601, got {_json_type(value)}")
 
 
-def _required(d: dict, key: str):
+def required(d: dict, key: str):
+    """d[key]; EventError(missing_field) if it is absent or null."""
     value = d.get(key)
     if value is None:
         raise EventError(MISSING_FIELD, f"{key} is missing" + (" (null)" if key in d else ""))

@@ -49,13 +49,13 @@ def parse_forwarded(raw: bytes | None) -> Forwarded:
     """`{"event_id", "item_id", "user_id", "rates": [stars, thumbs], "ts", "user_vector", "user_features"}`
     (events.ItemUpdate as the user side writes it); raises EventError."""
     d = ev.load_object(raw, INTERNAL_MAX_BYTES)
-    rates = _required(d, "rates")
+    rates = ev.required(d, "rates")
     if not isinstance(rates, list) or len(rates) != 2 or not all(x is None or _finite(x) for x in rates):
         raise EventError(ev.BAD_TYPE, f"rates must be [stars or null, thumbs or null], got {rates!r:.100}")
     return Forwarded(ev.parse_id(d, "event_id"), ev.parse_id(d, "item_id"), ev.parse_id(d, "user_id"),
-                     (st.opt_float(rates[0]), st.opt_float(rates[1])), ev.parse_ts(_required(d, "ts")),
-                     _vector(_required(d, "user_vector"), "user_vector"),
-                     _sparse(_required(d, "user_features"), "user_features"))
+                     (st.opt_float(rates[0]), st.opt_float(rates[1])), ev.parse_ts(ev.required(d, "ts")),
+                     _vector(ev.required(d, "user_vector"), "user_vector"),
+                     _sparse(ev.required(d, "user_features"), "user_features"))
 
 
 def parse_catalogue_entry(key: bytes | None, raw: bytes | None, n_dim: int) -> CatalogueEntry:
@@ -68,7 +68,7 @@ def parse_catalogue_entry(key: bytes | None, raw: bytes | None, n_dim: int) -> C
     except UnicodeDecodeError:
         raise EventError(ev.BAD_ID, "catalogue key is not UTF-8") from None
     d = ev.load_object(raw, INTERNAL_MAX_BYTES)
-    vector = _vector(_required(d, "vector"), "vector")
+    vector = _vector(ev.required(d, "vector"), "vector")
     if len(vector) != n_dim:
         raise EventError(ev.BAD_TYPE, f"vector of {len(vector)} values; the model's are {n_dim} wide")
     n_ratings, model_version = d.get("n_ratings"), d.get("model_version")
@@ -76,14 +76,7 @@ def parse_catalogue_entry(key: bytes | None, raw: bytes | None, n_dim: int) -> C
         raise EventError(ev.BAD_TYPE, f"n_ratings must be a count, got {n_ratings!r:.100}")
     if model_version is not None and not isinstance(model_version, str):
         raise EventError(ev.BAD_TYPE, f"model_version must be a string, got {model_version!r:.100}")
-    return CatalogueEntry(item_id, vector, _sparse(_required(d, "features"), "features"), n_ratings, model_version)
-
-
-def _required(d: dict, key: str):
-    value = d.get(key)
-    if value is None:
-        raise EventError(ev.MISSING_FIELD, f"{key} is missing")
-    return value
+    return CatalogueEntry(item_id, vector, _sparse(ev.required(d, "features"), "features"), n_ratings, model_version)
 
 
 def _finite(x) -> bool:
