@@ -5,15 +5,19 @@
 - a model swap under steady load loses nothing, applies nothing twice, and later vectors carry the new
   model_version;
 - `kill -9` of a worker mid-stream, then a restart: every rating is accounted for (final n_ratings and
-  the windows in the table changelogs), re-delivered events are deduplicated by event_id.
+  the windows in the table changelogs), re-delivered events are deduplicated by event_id, and no partition
+  needed the commit-stall replay (a dropped event is read again at once: delivery.py rule 9).
 
 The tests print what they measure (model load time, swap pause, re-delivered events): run with -s.
+RECSYS_KILL9_RUNS=N runs each kill -9 test N times in one session, and RECSYS_KILL9_RECORD=path appends one
+JSON line per run to path: bench/kill9_repeat.py.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import threading
@@ -29,6 +33,18 @@ from stream_app.stream.state import EntityState
 pytestmark = pytest.mark.integration
 
 MAX_EVENT_BYTES = 65536  # the default: deep nesting fits under it and must fail as JSON, not as size
+KILL9_RUNS = int(os.environ.get("RECSYS_KILL9_RUNS", "1"))
+KILL9_STALL = "15"  # the default commit-stall timeout: with the harness's 5 s a busy survivor's backlog looked stalled
+
+
+def pytest_generate_tests(metafunc):
+    if "kill9_run" in metafunc.fixturenames and KILL9_RUNS > 1:  # else the fixture below: one run, ids unchanged
+        metafunc.parametrize("kill9_run", range(1, KILL9_RUNS + 1), ids=lambda n: f"run{n}")
+
+
+@pytest.fixture
+def kill9_run() -> int:
+    return 1
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +90,7 @@ def send_paced(worker: Worker, events: list[dict], pause: float, at: dict | None
             if n in at:
                 at[n]()
             worker.send("ratings", event, key=event["user_id"])
+            thread.last_sent = time.time()
             time.sleep(pause)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -299,11 +316,43 @@ def check_every_rating_accounted_for(w: Worker, broker, events: list[dict]) -> d
     check_windows(read_table(broker.bootstrap, f"{w.app_id}-users-changelog"), user_stamps, "user")
     check_windows(read_table(broker.bootstrap, f"{w.app_id}-items-changelog"), item_stamps, "item")
     ratings = w.topics["ratings"]
-    replays = sum(float(x.rsplit(" ", 1)[1]) for x in w.metrics_text().splitlines()
-                  if x.startswith("recsys_partition_replays_total{"))
-    return {"replays": replays, "ok": w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}'),
+    return {**stall_counts(w), "ok": w.metric(f'recsys_events_total{{outcome="ok",topic="{ratings}"}}'),
             "redelivered": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{ratings}"}}'),
             "item_dups": w.metric(f'recsys_events_total{{outcome="duplicate",topic="{w.app_id}-item-updates"}}')}
+
+
+def stall_counts(w: Worker) -> dict[str, float]:
+    """Input partitions w read again: after a commit stall (replays, rule 7) and at once after Faust dropped
+    fetched events (rereads, rule 9), all topics together."""
+    lines = w.metrics_text().splitlines()
+    return {key: sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith(f"recsys_partition_{key}_total{{"))
+            for key in ("replays", "rereads")}
+
+
+def final_vectors_after(w: Worker, events: list[dict], wall: float) -> float:
+    """Seconds from `wall` (a time.time()) to the last final vector: per user and item, the first vector that
+    carries its final n_ratings (its ts is the worker's clock when it was published; same machine)."""
+    first = {}
+    for side in ("user", "item"):
+        counts = collections.Counter(e[f"{side}_id"] for e in events)
+        for key, value in w.received[f"{side}_vectors"]:
+            if value["n_ratings"] == counts.get(key):
+                first.setdefault((side, key), value["ts"])
+    return max(first.values()) - wall
+
+
+def kill9_record(request, **values) -> None:
+    """Append this run's numbers as one JSON line to $RECSYS_KILL9_RECORD (read by bench/kill9_repeat.py)."""
+    path = os.environ.get("RECSYS_KILL9_RECORD")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": request.node.nodeid, **values}) + "\n")
+
+
+def check_no_replay(replays: float, *workers: Worker) -> None:
+    """Rule 7's stall replay is a safety net: a takeover must not need it (rule 9 reads dropped events again)."""
+    assert replays == 0, f"{replays:.0f} partitions needed a commit-stall replay:\n" + "\n".join(
+        x for w in workers for x in w.log_text().splitlines() if "commits stalled" in x or "them again" in x)
 
 
 def diagnose(w: Worker, broker, events: list[dict]) -> str:
@@ -343,26 +392,37 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path):
+def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path, request, kill9_run):
     root, _ = models
     w = Worker(kafka_broker, root / "v1", tmp_path)  # a model folder: no pointer to follow
-    w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0")
+    w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
+                 RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
     try:
         w.start()
         events = kill9_events("k9")
         sender = send_paced(w, events, 0.01)
         w.wait_for("user_vectors", lambda k, v: True, count=40, timeout=60)
         w.kill()  # mid-stream: no commit, no flush, no shutdown
+        killed_wall = time.time()
         killed_at = len(w.received["user_vectors"])
         sender.join(120)
         assert not sender.is_alive()
+        restarted = time.monotonic()
         w.start()
+        ready = time.monotonic() - restarted
         counted = check_every_rating_accounted_for(w, kafka_broker, events)
+        final, sent = final_vectors_after(w, events, killed_wall), sender.last_sent - killed_wall
         print(f"\nMEASURED kill -9: {killed_at} user-vector updates seen before the kill; after restart "
               f"{counted['ok']:.0f} rating events applied fresh, {counted['redelivered']:.0f} re-delivered and "
               f"dropped as duplicates by event_id (item side: {counted['item_dups']:.0f} duplicate forwards "
-              f"dropped); all {len(events)} ratings in the windows exactly once; partitions replayed after a "
-              f"commit stall: {counted['replays']:.0f}")
+              f"dropped); all {len(events)} ratings in the windows exactly once; the restarted worker owned all "
+              f"{PARTITIONS} partitions {ready:.1f} s after its start; the last rating was sent {sent:.1f} s and "
+              f"the last final vector published {final:.1f} s after the kill; partitions re-read at once after "
+              f"Faust dropped events: {counted['rereads']:.0f}; replayed after a commit stall: "
+              f"{counted['replays']:.0f}")
+        kill9_record(request, run=kill9_run, takeover_s=ready, final_vector_s=final, last_sent_s=sent,
+                     replays=counted["replays"], rereads=counted["rereads"], redelivered=counted["redelivered"])
+        check_no_replay(counted["replays"], w)
     finally:
         w.close()
 
@@ -374,7 +434,8 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
 # ratings stopped.
 @pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
 def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_rating(kafka_broker, models,
-                                                                                     tmp_path, standbys):
+                                                                                     tmp_path, standbys, request,
+                                                                                     kill9_run):
     """Two workers of one consumer group share the partitions; one is killed (-9) mid-stream; the other
     takes over its partitions and tables (from its standby copy or from the changelog) and finishes."""
     root, _ = models
@@ -384,7 +445,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
     for w in (survivor, victim):
         w.root.mkdir()
         w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
-                     RECSYS_STANDBY_REPLICAS=str(standbys))
+                     RECSYS_STANDBY_REPLICAS=str(standbys), RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
     try:
         survivor.start()
         victim.start(alone=False)
@@ -404,6 +465,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
         assert not sender.is_alive()
         counted = check_every_rating_accounted_for(survivor, kafka_broker, events)
         finished = time.monotonic() - killed
+        final, sent = final_vectors_after(survivor, events, killed_wall), sender.last_sent - killed_wall
         # per user, the first vector published after the kill (the victim's users wait for the takeover)
         first_after = {}
         for key, value in survivor.received["user_vectors"]:
@@ -419,15 +481,25 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
         more = [rating(f"so{standbys}-back-{k}", user, items[k % len(items)], ts=TS + 10_000 + k)
                 for k, user in enumerate(users)]
         send_paced(survivor, more, 0).join(60)
-        check_every_rating_accounted_for(survivor, kafka_broker, events + more)
+        after = check_every_rating_accounted_for(survivor, kafka_broker, events + more)
         assert victim.metric(ok) > 0, "the restarted worker got no partition with new ratings"
+        back = stall_counts(victim)  # and the rebalance that gave the restarted victim its share
+        replays, rereads = after["replays"] + back["replays"], after["rereads"] + back["rereads"]
         print(f"\nMEASURED scale-out kill -9 (standby replicas {standbys}): the victim had applied "
               f"{victim_applied:.0f} ratings; the survivor owned all {PARTITIONS} partitions {takeover:.1f} s "
               f"after the kill (polled every 0.1 s); per user, the first vector after the kill came at most "
-              f"{gap:.1f} s after it ({len(first_after)} users); every final vector was seen {finished:.1f} s "
-              f"after it; survivor: {counted['ok']:.0f} ratings applied fresh, {counted['redelivered']:.0f} "
-              f"re-delivered and dropped by event_id, {counted['item_dups']:.0f} duplicate item forwards dropped; "
-              f"partitions replayed after a commit stall: {counted['replays']:.0f}")
+              f"{gap:.1f} s after it ({len(first_after)} users); the last rating was sent {sent:.1f} s after "
+              f"it and the last final vector published {final:.1f} s after it (all seen here after "
+              f"{finished:.1f} s); survivor: {counted['ok']:.0f} ratings applied fresh, "
+              f"{counted['redelivered']:.0f} re-delivered and dropped by event_id, {counted['item_dups']:.0f} "
+              f"duplicate item forwards dropped; partitions re-read at once after Faust dropped events: "
+              f"{counted['rereads']:.0f} in the takeover, {rereads:.0f} in all (both workers, the victim's "
+              f"return included); replayed after a commit stall: {counted['replays']:.0f} in the takeover, "
+              f"{replays:.0f} in all")
+        kill9_record(request, run=kill9_run, takeover_s=takeover, final_vector_s=final, last_sent_s=sent,
+                     replays=replays, rereads=rereads, takeover_replays=counted["replays"],
+                     takeover_rereads=counted["rereads"], redelivered=counted["redelivered"])
+        check_no_replay(replays, survivor, victim)
     finally:
         victim.close()
         survivor.close()

@@ -17,7 +17,10 @@
     recsys_model_load_seconds                  loading and checking a new model, in a thread (histogram)
     recsys_model_swap_pause_seconds            batches held back while a model is swapped in (histogram)
     recsys_refolds_total{side}                 stale entities (vector of an older model) re-folded on touch
-    recsys_partition_replays_total{topic}      input partitions read again after their commits stalled
+    recsys_partition_replays_total{topic}      input partitions read again after their commits stalled (a safety
+                                               net: 0 unless an event was lost to the re-reads below)
+    recsys_partition_rereads_total{topic}      input partitions read again at once from the first event Faust
+                                               dropped before an agent took it (rebalances; delivery.py rule 9)
     recsys_consumer_lag{topic, partition}      events of an input partition this worker owns past its committed
                                                offset (end offset minus committed offset; sampled every
                                                RECSYS_LAG_INTERVAL s by stream/lag.py; the internal item-updates
@@ -78,6 +81,9 @@ class StreamMetrics:
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.replays = Counter("recsys_partition_replays", "Input partitions read again from their committed "
                                "offset after their commits stalled (stream/offsets.py)", ["topic"], registry=r)
+        self.rereads = Counter("recsys_partition_rereads", "Input partitions read again from the first event "
+                               "Faust dropped before an agent took it (worker/delivery.py rule 9)", ["topic"],
+                               registry=r)
         self.refolds = Counter("recsys_refolds", "Stale entities re-folded with the model in service", ["side"],
                                registry=r)
         self.consumer_lag = Gauge("recsys_consumer_lag", "Events of an owned input partition past its committed "
@@ -99,6 +105,7 @@ class StreamMetrics:
             self.refolds.labels(side=side)
         for topic in input_topics:
             self.replays.labels(topic=topic)
+            self.rereads.labels(topic=topic)
 
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()

@@ -202,7 +202,7 @@ class Runtime:
 
     async def on_assigned(self, sender, assigned, **kwargs) -> None:
         inputs = self.user_inputs.topics + self.item_inputs.topics
-        self.app.consumer.guard(inputs)
+        self.app.consumer.guard(inputs, on_reread=lambda topic: self.metrics.rereads.labels(topic=topic).inc())
         for name in (self.settings.topic_ratings, self.settings.topic_items):
             self.metrics.assigned_partitions.labels(topic=name).set(sum(1 for p in assigned if p.topic == name))
         self.readiness.on_assigned(sum(1 for p in assigned if p.topic in inputs))

@@ -16,13 +16,22 @@ produces is delivered, before its offset is committed. The guarantees, in the or
 4. A jump in an input partition's offsets (which Faust would count as acknowledged) is left unacknowledged,
    so the skipped events are read again: `Consumer._add_gap`.
 5. After a rebalance, an input partition the group never committed restarts at its beginning (aiokafka does
-   not seek it, and Faust dropped what it had fetched): `Consumer.seek_to_committed`.
+   not seek it, and Faust dropped what it had fetched): `_ConsumerThread.seek_to_committed`.
 6. An input offset is committed only after every record produced before it (outputs, forwards, changelog
    records) was delivered: `Consumer._commit_tps` flushes the producer first.
 7. An input partition whose committed offset stays put for `commit_stall_timeout` seconds while events wait
-   past it is read again from that offset: `StallReplayer.replay` (the stall rule is stream/offsets.py).
+   past it (outside rebalances, which pause it and end with a seek to it) is read again from that offset:
+   `StallReplayer.replay` (the stall rule is stream/offsets.py). A safety net since rule 9: each replay is
+   counted (`recsys_partition_replays_total`).
 8. A re-delivered event changes no state, but its entity's row is written and its vector published again:
    `stream.processing.republish_duplicates` (a pure rule, unit-tested).
+9. After every assignment, and whenever Faust drops an input event it fetched before an agent took it, the
+   partition is read again at once from its first dropped event: `Consumer.resume_flow` (Faust resumes its
+   flow right after clearing every stream buffer, and at the end of a rebalance it does so *after* seeking
+   the partitions to their committed offsets while the fetcher was already delivering) and `Consumer.ack`
+   (an event a stream skipped) call `Consumer.reread`. A seek wins over what was fetched before it and is
+   never undone by Faust's read-offset filter: `Consumer.getmany` (seeks and fetches are ordered on the
+   consumer's thread by `_ConsumerThread.seek_epochs`).
 
 Re-read events (2-8) are recognised by event_id and dropped by the state's dedup horizon (stream/state.py).
 `tests/test_stream_faults.py` kills workers (kill -9, takeovers) to check the whole chain. These overrides
@@ -36,7 +45,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -67,6 +76,14 @@ def event_context(event) -> Iterator[None]:
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's thread that owns the aiokafka consumer; every seek of ours runs on it (rules 0, 5, 9)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seek_epochs: dict = {}  # (9) partition -> epoch of its last seek
+        self.epoch = 0  # (9) bumped by each seek
+        self.fetch_epoch = 0  # (9) the epoch when the last fetch took its records from aiokafka
+
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms  # read when its fetcher starts
@@ -84,6 +101,46 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return listed
         fetched = await fetched_highwaters(self.consumer.app, {tp: listed[tp] for tp in probe_tps})
         return {tp: max(offset, fetched.get(tp, 0)) for tp, offset in listed.items()}
+
+    async def _fetch_records(self, *args, **kwargs):
+        records = await super()._fetch_records(*args, **kwargs)
+        self.fetch_epoch = self.epoch  # (9) no await since aiokafka handed them over: no seek came in between
+        return records
+
+    def _seek_now(self, offsets: dict) -> int:
+        # (9) On this thread and without an await, so a fetch took its records either before or after it.
+        consumer = self._ensure_consumer()
+        self.epoch += 1
+        for tp, offset in offsets.items():
+            consumer.seek(tp, offset)
+            self.seek_epochs[tp] = self.epoch
+        return self.epoch
+
+    async def reseek(self, offsets: dict) -> int:
+        """Seek these partitions on the consumer's thread; returns the seek's epoch."""
+        return await self.call_thread(self._reseek, offsets)
+
+    async def _reseek(self, offsets: dict) -> int:
+        return self._seek_now(offsets)
+
+    async def seek_to_committed(self):
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self):
+        # (5) Faust drops records it has fetched but not processed when a rebalance interrupts it, and relies on
+        # this seek to read them again; aiokafka does not seek a partition the group never committed, so they
+        # were lost (seen: a worker killed before its first commit, its partitions taken over by another worker
+        # that then skipped their backlog). Such a partition restarts at its beginning: what
+        # consumer_auto_offset_reset="earliest" means; re-read events are dropped by event_id.
+        # (9) aiokafka's seek_to_committed, but all seeks at once and with their epoch.
+        consumer = self._ensure_consumer()
+        committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+        changelogs = self.app.tables.changelog_topics  # positioned by Faust's table recovery
+        never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
+        offsets = dict(await consumer.beginning_offsets(never)) if never else {}
+        offsets.update((tp, offset) for tp, offset in committed.items() if offset)  # aiokafka's rule: > 0 only
+        self._seek_now(offsets)  # IllegalStateError if revoked meanwhile, as aiokafka's: Faust's recovery restarts
+        return committed
 
 
 async def fetched_highwaters(app, listed: dict, timeout: float = 10.0) -> dict:
@@ -116,13 +173,17 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self.guarded_topics: set[str] = set()  # the agents' input topics (see guard())
         self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) handled, not yet acked
+        self._delivered: dict = {}  # (9) tp -> {offset: (message, fetch epoch)} handed to Faust, not handled
+        self._batch_epoch = 0  # (9) fetch epoch of the records getmany is handing out
+        self.on_reread: Callable[[str], None] | None = None  # (9) called with the topic of each partition
 
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def guard(self, topics) -> None:
-        """Apply rules 2-5 and 7 to these (input) topics."""
+    def guard(self, topics, on_reread: Callable[[str], None] | None = None) -> None:
+        """Apply rules 2-5, 7 and 9 to these (input) topics; on_reread(topic) counts rule 9's re-reads."""
         self.guarded_topics.update(topics)
+        self.on_reread = on_reread or self.on_reread
 
     def committed_offset(self, tp) -> int | None:
         """The last offset this consumer committed for `tp` (None: none yet)."""
@@ -133,16 +194,20 @@ class Consumer(faust_aiokafka.Consumer):
         if len(self._handled) > MAX_HANDLED:
             self._handled.clear()
         self._handled.update((e.message.topic, e.message.partition, e.message.offset) for e in events)
+        for e in events:
+            self._delivered.get(e.message.tp, {}).pop(e.message.offset, None)
 
     def ack(self, message) -> bool:
         # (2) Faust acks an event it skips without processing (fetched before a rebalance, or while the flow is
         # suspended for one) and then commits past it, so the event is never read again (seen: a rating lost on
         # a worker whose own partitions were reassigned when another worker died). Only an event an agent has
         # handled is acked; a refused one holds its partition's commit back, and the partition is read again
-        # from there (after the rebalance, or by rule 7).
+        # from there (by the rebalance's seek, or at once by rule 9).
         key = (message.topic, message.partition, message.offset)
         if message.topic in self.guarded_topics and key not in self._handled:
             self._unacked_messages.discard(message)  # nobody will ack it: do not wait for it on rebalance
+            if self.flow_active and self._fresh(message.tp, message.offset):  # (9) no rebalance will read it again
+                self._reread_soon({message.tp: message.offset})
             return False
         self._handled.discard(key)
         return super().ack(message)
@@ -167,22 +232,72 @@ class Consumer(faust_aiokafka.Consumer):
         log.warning("%s[%s]: offsets %s..%s skipped by the fetch; they will be read again", tp.topic, tp.partition,
                     offset_from, offset_to - 1)
 
-    async def seek_to_committed(self):
-        # (5) Faust drops records it has fetched but not processed when a rebalance interrupts it, and relies on
-        # this seek to read them again; aiokafka does not seek a partition the group never committed, so they
-        # were lost (seen: a worker killed before its first commit, its partitions taken over by another worker
-        # that then skipped their backlog). Such a partition restarts at its beginning: what
-        # consumer_auto_offset_reset="earliest" means; re-read events are dropped by event_id.
-        committed = await super().seek_to_committed()
-        changelogs = self.app.tables.changelog_topics  # positioned by Faust's table recovery
-        never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
-        if never:
-            try:
-                for tp, offset in (await self.earliest_offsets(*never)).items():
-                    await self._seek(tp, offset)
-            except IllegalStateError:  # revoked meanwhile: another rebalance, and another seek, follows
-                log.info("partitions revoked while seeking them to their beginning")
-        return committed
+    async def _getmany(self, active_partitions, timeout):
+        records = await super()._getmany(active_partitions, timeout)
+        self._batch_epoch = self._thread.fetch_epoch  # one fetch at a time: the drain loop's
+        return records
+
+    async def getmany(self, timeout):
+        # (9) Records fetched before their partition was sought are left out (the seek reads them again), and
+        # Faust's read offset (the highest offset it handed out) is lowered to a record fetched after the seek:
+        # its filter would drop every re-read record below it (seen: the events Faust dropped at the end of a
+        # takeover, read again by the stall replay only, and once the replay's own events filtered out).
+        async for tp, message in super().getmany(timeout):
+            if tp.topic in self.guarded_topics:
+                if self._thread.seek_epochs.get(tp, 0) > self._batch_epoch:
+                    continue
+                read = self._read_offset.get(tp)
+                if read is not None and message.offset < read:
+                    self._read_offset[tp] = message.offset
+                self._delivered.setdefault(tp, {})[message.offset] = (message, self._batch_epoch)
+            yield tp, message
+
+    def _fresh(self, tp, offset: int) -> bool:
+        """(9) Whether this event of `tp` was handed out since the partition's last seek (else it reads it again)."""
+        entry = self._delivered.get(tp, {}).get(offset)
+        return entry is not None and entry[1] >= self._thread.seek_epochs.get(tp, 0)
+
+    def resume_flow(self) -> None:
+        # (9) Faust calls this right after flow_control.resume() cleared every stream buffer: the events handed
+        # out since their partition's last seek that no agent took are gone; their partitions are read again
+        # from the first of them. At the end of a rebalance Faust seeks the input partitions to their committed
+        # offsets while the fetcher already runs, then clears: what was fetched in between was lost (seen in
+        # takeovers: the first events after the committed offset of a partition the survivor kept or took).
+        super().resume_flow()
+        dropped = {}
+        for tp, delivered in self._delivered.items():
+            since = self._thread.seek_epochs.get(tp, 0)
+            delivered = self._delivered[tp] = {o: e for o, e in delivered.items() if e[1] >= since}
+            lost = [offset for offset, (message, _) in delivered.items() if not message.tracked]
+            if lost:
+                dropped[tp] = min(lost)
+        self._reread_soon(dropped)
+
+    def _reread_soon(self, offsets: dict) -> None:
+        if offsets:
+            self.add_future(self.reread(offsets, dropped=True))
+
+    async def reread(self, offsets: dict, dropped: bool = False) -> None:
+        """Read these input partitions again from these offsets (rule 9; rule 7's replay)."""
+        try:
+            await self._thread.reseek(offsets)
+        except IllegalStateError:  # revoked meanwhile: the next assignment seeks them
+            log.info("partitions revoked before they could be read again")
+            return
+        except Exception:  # noqa: BLE001 (e.g. stopping): a failed seek must not crash the worker; rule 7 remains
+            log.warning("could not read %s again", offsets, exc_info=True)
+            return
+        for tp, offset in offsets.items():
+            if dropped:
+                log.info("%s[%s]: events from offset %s were dropped before an agent took them; reading them "
+                         "again", tp.topic, tp.partition, offset)
+                if self.on_reread is not None:
+                    self.on_reread(tp.topic)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        for tp in revoked:
+            self._delivered.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
 
     async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
         # (6) Commit an input offset only once everything produced so far (outputs, forwards, changelog records)
@@ -228,6 +343,9 @@ class StallReplayer:
         consumer = self.app.consumer
         if not isinstance(consumer, Consumer):
             return
+        if self.app.rebalancing:  # paused until the rebalance's own seek to the commit: the clocks start after it
+            self.stalls.stalled({}, time.monotonic())
+            return
         pending = {}  # input partitions with events past their last commit (Faust's own record of it)
         for tp in consumer.assignment():
             if tp.topic not in consumer.guarded_topics:
@@ -243,5 +361,5 @@ class StallReplayer:
             offset = committed if committed is not None else (await consumer.earliest_offsets(tp))[tp]
             log.warning("%s[%s]: commits stalled at %s for %.0f s with events past it; reading it again from there",
                         tp.topic, tp.partition, committed, self.stalls.timeout)
-            await consumer.seek(tp, offset)
+            await consumer.reread({tp: offset})
             self.metrics.replays.labels(topic=tp.topic).inc()
