@@ -13,7 +13,9 @@ the workers' logs of every run stay in a /tmp/kill9-* folder (pytest's --basetem
 Per run: takeover_s (two workers: kill -> the survivor owns every partition; restart: the restarted worker's
 start -> it owns every partition), final_vector_s (kill -> the last user or item vector carrying its final
 n_ratings was published), last_sent_s (kill -> the last rating sent; the final vectors cannot come before it),
-replays (rule 7's commit-stall replays: must be 0), rereads (rule 9's immediate re-reads).
+replays (rule 7's commit-stall replays: must be 0), rereads (rule 9's immediate re-reads), load1 (the machine's
+1-minute load average at the end of the run: the times follow it). The restart test's times include the
+worker's start (it restarts once every rating was sent): they are not takeover times.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_FILE = "tests/test_stream_faults.py"
 SELECT = {"restart": "kill_9_mid_stream", "standby": "two_workers and standby and not no-standby",
           "no-standby": "two_workers and no-standby"}
-NUMBERS = ("takeover_s", "final_vector_s", "last_sent_s", "replays", "rereads", "redelivered")
+NUMBERS = ("takeover_s", "final_vector_s", "last_sent_s", "replays", "rereads", "redelivered", "load1")
 
 
 def kind(test_id: str) -> str:
@@ -113,11 +115,11 @@ def table(rows: list[dict], summary: dict[str, dict]) -> str:
         return "-" if value is None else fmt.format(value)
 
     lines = [f"{'test':<11} {'run':>3}  {'outcome':<7} {'takeover s':>10} {'final vec s':>11} {'last sent s':>11} "
-             f"{'replays':>7} {'rereads':>7} {'redeliv.':>8}"]
+             f"{'replays':>7} {'rereads':>7} {'redeliv.':>8} {'load':>5}"]
     for r in rows:
         lines.append(f"{r['test']:<11} {r['run']:>3}  {r['outcome']:<7} {num(r['takeover_s']):>10} "
                      f"{num(r['final_vector_s']):>11} {num(r['last_sent_s']):>11} {num(r['replays'], '{:.0f}'):>7} "
-                     f"{num(r['rereads'], '{:.0f}'):>7} {num(r['redelivered'], '{:.0f}'):>8}")
+                     f"{num(r['rereads'], '{:.0f}'):>7} {num(r['redelivered'], '{:.0f}'):>8} {num(r['load1']):>5}")
     lines.append("")
     for test, s in summary.items():
         spans = "; ".join(f"{key} {v['min']:.1f}/{v['median']:.1f}/{v['max']:.1f}"
@@ -150,6 +152,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     label="failed or replayed")
         ax.set_title(title)
         ax.set_xlabel("run")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[1].axhline(5, color="grey", linestyle="--", linewidth=1)
     axes[0].legend(fontsize=8)

@@ -111,7 +111,8 @@ class Worker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+        # 10 s: on a loaded 2-core machine (load 10) the worker's loop answered later than 2 s mid-rebalance
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
             return response.read().decode()
 
     def metric(self, series: str) -> float:

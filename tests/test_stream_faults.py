@@ -346,7 +346,7 @@ def kill9_record(request, **values) -> None:
     path = os.environ.get("RECSYS_KILL9_RECORD")
     if path:
         with open(path, "a") as f:
-            f.write(json.dumps({"test": request.node.nodeid, **values}) + "\n")
+            f.write(json.dumps({"test": request.node.nodeid, "load1": os.getloadavg()[0], **values}) + "\n")
 
 
 def check_no_replay(replays: float, *workers: Worker) -> None:

@@ -3,10 +3,10 @@
 The worker acknowledges only events an agent handled, so Faust commits an input partition only up to
 its first event that was fetched but never handled. Around rebalances Faust can drop such an event (seen
 after a worker was killed and another took over its partitions: a few ratings were never processed, and
-the partition's commit stayed behind them). Nothing re-delivers a dropped event until the partition is
-read again from its committed offset, so a partition whose commit has not moved for `timeout` seconds
-while it has events past the commit is replayed from there: the events after the commit come again, the
-ones already applied are dropped by event_id, and the dropped ones are processed.
+the partition's commit stayed behind them). Rule 9 of worker/delivery.py now reads such events again at
+once; as a safety net, a partition whose commit has not moved for `timeout` seconds while it has events
+past the commit is replayed from there: the events after the commit come again, the ones already applied
+are dropped by event_id, and the dropped ones are processed.
 """
 
 from __future__ import annotations

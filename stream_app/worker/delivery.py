@@ -25,16 +25,18 @@ produces is delivered, before its offset is committed. The guarantees, in the or
    counted (`recsys_partition_replays_total`).
 8. A re-delivered event changes no state, but its entity's row is written and its vector published again:
    `stream.processing.republish_duplicates` (a pure rule, unit-tested).
-9. After every assignment, and whenever Faust drops an input event it fetched before an agent took it, the
-   partition is read again at once from its first dropped event: `Consumer.resume_flow` (Faust resumes its
-   flow right after clearing every stream buffer, and at the end of a rebalance it does so *after* seeking
-   the partitions to their committed offsets while the fetcher was already delivering) and `Consumer.ack`
-   (an event a stream skipped) call `Consumer.reread`. A seek wins over what was fetched before it and is
-   never undone by Faust's read-offset filter: `Consumer.getmany` (seeks and fetches are ordered on the
-   consumer's thread by `_ConsumerThread.seek_epochs`).
+9. An input event Faust fetched and then dropped before an agent took it is read again at once (no timer),
+   from the first such event of its partition. At the end of every rebalance Faust seeks the input
+   partitions to their committed offsets while its fetcher is already delivering, then clears every stream
+   buffer (flow_control.resume). So every seek runs on the consumer's thread with a new epoch for its
+   partitions (`_ConsumerThread.seek_epochs`); `Consumer.getmany` leaves out what was fetched before a
+   partition's last seek and keeps Faust's read-offset filter from dropping what was fetched after it; and
+   `Consumer.resume_flow` (right after each clear) and `Consumer.ack` (an event a stream skipped) read a
+   partition again from its first dropped event (`Consumer.reread`; the bookkeeping: stream/handed_out.py).
 
-Re-read events (2-8) are recognised by event_id and dropped by the state's dedup horizon (stream/state.py).
-`tests/test_stream_faults.py` kills workers (kill -9, takeovers) to check the whole chain. These overrides
+Re-read events (2-9) are recognised by event_id and dropped by the state's dedup horizon (stream/state.py).
+`tests/test_stream_faults.py` kills workers (kill -9, takeovers) to check the whole chain, and
+`tests/test_delivery_rereads.py` makes Faust drop events on purpose (rule 9). These overrides
 depend on faust-streaming internals: pyproject.toml pins the minor version they were tested with.
 """
 
@@ -53,6 +55,7 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream_app.settings import Settings
+from stream_app.stream.handed_out import HandedOut
 from stream_app.stream.offsets import StallWatch
 
 log = logging.getLogger(__name__)
@@ -173,7 +176,7 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self.guarded_topics: set[str] = set()  # the agents' input topics (see guard())
         self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) handled, not yet acked
-        self._delivered: dict = {}  # (9) tp -> {offset: (message, fetch epoch)} handed to Faust, not handled
+        self._handed_out = HandedOut()  # (9) events handed to Faust's streams, not handled yet
         self._batch_epoch = 0  # (9) fetch epoch of the records getmany is handing out
         self.on_reread: Callable[[str], None] | None = None  # (9) called with the topic of each partition
 
@@ -195,7 +198,7 @@ class Consumer(faust_aiokafka.Consumer):
             self._handled.clear()
         self._handled.update((e.message.topic, e.message.partition, e.message.offset) for e in events)
         for e in events:
-            self._delivered.get(e.message.tp, {}).pop(e.message.offset, None)
+            self._handed_out.handled(e.message.tp, e.message.offset)
 
     def ack(self, message) -> bool:
         # (2) Faust acks an event it skips without processing (fetched before a rebalance, or while the flow is
@@ -206,8 +209,9 @@ class Consumer(faust_aiokafka.Consumer):
         key = (message.topic, message.partition, message.offset)
         if message.topic in self.guarded_topics and key not in self._handled:
             self._unacked_messages.discard(message)  # nobody will ack it: do not wait for it on rebalance
-            if self.flow_active and self._fresh(message.tp, message.offset):  # (9) no rebalance will read it again
-                self._reread_soon({message.tp: message.offset})
+            seek_epoch = self._thread.seek_epochs.get(message.tp, 0)
+            if self.flow_active and self._handed_out.fresh(message.tp, message.offset, seek_epoch):  # (9)
+                self._reread_soon({message.tp: message.offset})  # skipped after the flow resumed: no seek follows
             return False
         self._handled.discard(key)
         return super().ack(message)
@@ -240,8 +244,8 @@ class Consumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout):
         # (9) Records fetched before their partition was sought are left out (the seek reads them again), and
         # Faust's read offset (the highest offset it handed out) is lowered to a record fetched after the seek:
-        # its filter would drop every re-read record below it (seen: the events Faust dropped at the end of a
-        # takeover, read again by the stall replay only, and once the replay's own events filtered out).
+        # its filter would drop every re-read record below it (seen in a takeover: a batch fetched before the
+        # seek to offset 30 went on to 119 after it, and Faust dropped the re-read 30-118).
         async for tp, message in super().getmany(timeout):
             if tp.topic in self.guarded_topics:
                 if self._thread.seek_epochs.get(tp, 0) > self._batch_epoch:
@@ -249,13 +253,8 @@ class Consumer(faust_aiokafka.Consumer):
                 read = self._read_offset.get(tp)
                 if read is not None and message.offset < read:
                     self._read_offset[tp] = message.offset
-                self._delivered.setdefault(tp, {})[message.offset] = (message, self._batch_epoch)
+                self._handed_out.add(tp, message.offset, message, self._batch_epoch)
             yield tp, message
-
-    def _fresh(self, tp, offset: int) -> bool:
-        """(9) Whether this event of `tp` was handed out since the partition's last seek (else it reads it again)."""
-        entry = self._delivered.get(tp, {}).get(offset)
-        return entry is not None and entry[1] >= self._thread.seek_epochs.get(tp, 0)
 
     def resume_flow(self) -> None:
         # (9) Faust calls this right after flow_control.resume() cleared every stream buffer: the events handed
@@ -264,14 +263,7 @@ class Consumer(faust_aiokafka.Consumer):
         # offsets while the fetcher already runs, then clears: what was fetched in between was lost (seen in
         # takeovers: the first events after the committed offset of a partition the survivor kept or took).
         super().resume_flow()
-        dropped = {}
-        for tp, delivered in self._delivered.items():
-            since = self._thread.seek_epochs.get(tp, 0)
-            delivered = self._delivered[tp] = {o: e for o, e in delivered.items() if e[1] >= since}
-            lost = [offset for offset, (message, _) in delivered.items() if not message.tracked]
-            if lost:
-                dropped[tp] = min(lost)
-        self._reread_soon(dropped)
+        self._reread_soon(self._handed_out.dropped(self._thread.seek_epochs, lambda message: message.tracked))
 
     def _reread_soon(self, offsets: dict) -> None:
         if offsets:
@@ -287,16 +279,14 @@ class Consumer(faust_aiokafka.Consumer):
         except Exception:  # noqa: BLE001 (e.g. stopping): a failed seek must not crash the worker; rule 7 remains
             log.warning("could not read %s again", offsets, exc_info=True)
             return
-        for tp, offset in offsets.items():
-            if dropped:
-                log.info("%s[%s]: events from offset %s were dropped before an agent took them; reading them "
-                         "again", tp.topic, tp.partition, offset)
-                if self.on_reread is not None:
-                    self.on_reread(tp.topic)
+        for tp, offset in offsets.items() if dropped else ():
+            log.info("%s[%s]: events from offset %s were dropped before an agent took them; reading them again",
+                     tp.topic, tp.partition, offset)
+            if self.on_reread is not None:
+                self.on_reread(tp.topic)
 
     async def on_partitions_revoked(self, revoked) -> None:
-        for tp in revoked:
-            self._delivered.pop(tp, None)
+        self._handed_out.forget(revoked)
         await super().on_partitions_revoked(revoked)
 
     async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
