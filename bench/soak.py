@@ -288,6 +288,8 @@ class Soak:
         return out
 
     def verify(self) -> None:
+        from soak_trace import trace_items
+
         from stream_app.clients import TopicReader, read_table
 
         published = self.read_outputs()
@@ -301,6 +303,8 @@ class Soak:
             table_rows = read_table(self.broker.bootstrap, f"{APP}-{side}s-changelog", timeout=900)
             checks[side] = check_side(side, expected[side], self.ledger.pair, published[side], table_rows,
                                       window[side])
+        wrong = [key for key, *_ in checks["item"]["examples"].get("table_count", [])]
+        checks["item"]["trace"] = trace_items(self.broker.bootstrap, APP, wrong, expected["item"])
         swap = self.result["swap"]
         checks["swap"] = {side: check_swap(expected[side], published[side], swap.get("new_version"),
                                            swap.get("swapped_at")) for side in ("user", "item")}

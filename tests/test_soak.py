@@ -92,6 +92,20 @@ def test_item_windows_may_interleave_but_not_repeat_or_hold_foreign_ratings():
     assert bad["window_wrong"] == 1 and bad["lost"] == 0
 
 
+def test_the_trace_says_which_rating_was_never_forwarded_and_which_row_went_back():
+    soak_trace = pytest.importorskip("soak_trace")
+    sent = [1.0, 2.0, 3.0, 4.0]
+    forwarded = {1.0: [(0, 10)], 2.0: [(0, 11), (0, 15)], 4.0: [(0, 12)]}  # 3.0 never left the user side
+    history = [(1, 0, 1, [1.0]), (1, 1, 2, [1.0, 2.0]), (1, 2, 3, [1.0, 2.0, 4.0]),
+               (1, 3, 2, [1.0, 4.0])]  # a stale row: 2 ratings after 3
+    found = soak_trace._findings(sent, forwarded, history)
+    assert found["never_forwarded"] == [3.0]
+    assert found["forwarded_more_than_once"] == 1
+    assert found["n_ratings_drops"] == [{"partition": 1, "offset": 3, "n_ratings": 2, "earlier_max": 3}]
+    assert found["last_row"] == {"partition": 1, "offset": 3, "n_ratings": 2}
+    assert [f["ts"] for f in found["recent_never_stored"]] == [3.0]
+
+
 def test_the_swap_check_counts_old_model_messages_after_the_swap():
     _, ledger = sent_ratings()
     published = published_from(ledger, "user", "v2")
