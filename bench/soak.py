@@ -125,7 +125,7 @@ class Soak:
         """Ratings/s the group sustains: a burst produced at once, counted by the item side (the last hop); the rate
         is taken over its second half (windows fill up and cost more: a fresh state flatters), for at most
         PROBE_SECONDS. The rest of the burst drains before the load starts."""
-        from stream_app.commands.demo import counted
+        from stream_app.commands.worker_process import counted
 
         n, started = self.args.probe, time.time()
         for _ in range(n):

@@ -16,7 +16,7 @@ from pathlib import Path
 from procstat import cpu_s, machine_cpu_s, rss_mb  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from stream_app.broker import free_port
-from stream_app.commands.demo import Worker, metric_sum, read_metrics
+from stream_app.commands.worker_process import Worker, metric_sum, read_metrics
 
 
 class Slot:
@@ -55,7 +55,7 @@ class Slot:
             worker.stop()
 
     def check(self) -> None:
-        """DemoError with the end of its log if the worker exited on its own."""
+        """WorkerExited with the end of its log if the worker exited on its own."""
         if self.worker is not None:
             self.worker.check()
 

@@ -310,7 +310,7 @@ class Run:
         """(ratings taken by the user side, ratings fully applied: item side too for the service)."""
         import urllib.request
 
-        from stream_app.commands.demo import counted, read_metrics
+        from stream_app.commands.worker_process import counted, read_metrics
 
         if self.base == "noop":
             try:
@@ -326,7 +326,7 @@ class Run:
 
     def batch_sizes(self) -> dict[str, float]:
         """Mean events per agent batch and entities per fold-in call so far (the worker's histograms)."""
-        from stream_app.commands.demo import metric_sum, read_metrics
+        from stream_app.commands.worker_process import metric_sum, read_metrics
 
         if self.base == "noop":
             return {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.commands.demo import DemoError, Worker, counted, metric_sum
+from stream_app.commands.worker_process import Worker, WorkerExited, counted, metric_sum
 
 DEMO = [sys.executable, "-m", "stream_app.cli", "demo", "--quick", "--threads", "1"]
 
@@ -42,7 +42,7 @@ def test_dead_worker_is_reported_with_its_log(tmp_path):
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(process, log, web_port=1)
     process.wait(timeout=30)
-    with pytest.raises(DemoError, match=r"(?s)the worker exited \(code 3\).*model not found: boom"):
+    with pytest.raises(WorkerExited, match=r"(?s)the worker exited \(code 3\).*model not found: boom"):
         worker.check()
     assert worker.stop() == 3
 

@@ -18,18 +18,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream_app.commands.common import show_progress
+from stream_app.commands.demo_display import (
+    ARROW,
+    DEPTH,
+    STAR,
+    TOP,
+    Steps,
+    changes,
+    clip,
+    duration,
+    ranked_table,
+    title,
+)
+from stream_app.commands.worker_process import Worker, counted, metric_sum, read_metrics
 from stream_app.errors import RecsysError
 from stream_app.settings import Settings, add_setting_flags, settings_from_args
-
-TOP = 10  # the list the demo shows
-DEPTH = 100  # how deep it asks, to follow the scores of items that leave the top-10
 
 
 @dataclass(frozen=True)
@@ -73,116 +82,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------------------------------------- display
-
-def _symbols() -> tuple[str, ...]:
-    try:
-        "✓✗↑↓★→…".encode(sys.stdout.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return "ok", "FAILED", "^", "v", " stars", "->", "..."
-    return "✓", "✗", "↑", "↓", "★", "→", "…"
-
-
-TICK, CROSS, UP, DOWN, STAR, ARROW, ELLIPSIS = _symbols()
-
-
-def _seconds(s: float) -> str:
-    return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
-
-
-class Steps:
-    """A numbered step list: `[3/9] start the worker` ... `✓ 4.2 s: detail`."""
-
-    def __init__(self, total: int):
-        self.total, self.index, self.timings = total, 0, []
-
-    @contextlib.contextmanager
-    def step(self, title: str, short: str):
-        self.index += 1
-        print(f"[{self.index}/{self.total}] {title}", flush=True)
-        started = time.perf_counter()
-        outcome = {"detail": ""}
-        try:
-            yield outcome
-        except BaseException:
-            print(f"      {CROSS} failed after {_seconds(time.perf_counter() - started)}", flush=True)
-            raise
-        took = time.perf_counter() - started
-        self.timings.append((short, took))
-        detail = f": {outcome['detail']}" if outcome["detail"] else ""
-        print(f"      {TICK} {_seconds(took)}{detail}", flush=True)
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - len(ELLIPSIS)] + ELLIPSIS
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-def read_metrics(port: int, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]] | None:
-    """The worker's /metrics as {sample name: [(labels, value)]}, or None if it does not answer."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
-            text = response.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    samples: dict[str, list[tuple[dict, float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
-    return samples
-
-
-def metric_sum(samples: dict | None, name: str, **labels) -> float:
-    if not samples:
-        return 0.0
-    return sum(v for lab, v in samples.get(name, ()) if all(lab.get(k) == w for k, w in labels.items()))
-
-
-def counted(samples: dict | None, topic: str) -> float:
-    """Input events of `topic` the worker has dealt with (ok, duplicate or dead-lettered; rekeyed ones come back)."""
-    return sum(metric_sum(samples, "recsys_events_total", topic=topic, outcome=o)
-               for o in ("ok", "duplicate", "dead_letter"))
-
-
 # ---------------------------------------------------------------------------------------------- the demo
-
-@dataclass
-class Worker:
-    process: subprocess.Popen
-    log_path: Path
-    web_port: int
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
-
-    def check(self) -> None:
-        """Raise DemoError with the end of the worker's log if it has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise DemoError(f"the worker exited (code {code}); the end of its log ({self.log_path}):\n"
-                            f"{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM its process group, SIGKILL after `timeout` s; returns the exit code."""
-        proc = self.process
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        return proc.returncode
-
 
 class Demo:
     def __init__(self, args, settings: Settings):
@@ -472,8 +372,7 @@ class Demo:
 
     # ------------------------------------------------------------------------------------------ printing
     def title(self, item_id: str) -> str:
-        side = self.side(item_id)
-        return side.get("title") or f"item {item_id}"
+        return title(self.side, item_id)
 
     def print_user(self, user: str) -> None:
         d = self.data
@@ -491,59 +390,13 @@ class Demo:
         for item_id, stars in plan.items():
             genres = ", ".join(self.side(item_id).get("genres", ())[:3])
             why = "a current favourite" if stars == 1 else (f"{self.genre}" if self.genre else "popular")
-            print(f"      {int(stars)}{STAR}  {item_id:>5}  {_clip(self.title(item_id), 44):<44}  ({why}; {genres})")
+            print(f"      {int(stars)}{STAR}  {item_id:>5}  {clip(self.title(item_id), 44):<44}  ({why}; {genres})")
 
     def table(self, items: list[dict], before: list[dict] | None = None, rated: dict | None = None) -> str:
-        width = max([4] + [len(str(e["item_id"])) for e in items])
-        old_rank = {e["item_id"]: r for r, e in enumerate(before or [], 1)}
-        old_score = {e["item_id"]: float(e["score"]) for e in before or []}
-        head = f"      {'rank':>4}  {'item':<{width}}  {'stars':>5}"
-        head += f"  {'change':<18}" if before is not None else ""
-        lines = ["      (ranked by predicted stars + popularity, so the stars may be out of order)", head + "  title"]
-        for rank, e in enumerate(items, 1):
-            item_id, score = str(e["item_id"]), float(e["score"])
-            line = f"      {rank:>4}  {item_id:<{width}}  {score:>5.2f}"
-            if before is not None:
-                was = old_rank.get(item_id)
-                if was is None or was > TOP:
-                    move = "new" + (f" (was {was})" if was else "")
-                else:
-                    move = "=" if was == rank else (f"{UP}{was - rank}" if was > rank else f"{DOWN}{rank - was}")
-                delta = f" {score - old_score[item_id]:+.2f}" if item_id in old_score else ""
-                line += f"  {move + delta:<18}"
-            genres = ", ".join(self.side(item_id).get("genres", ())[:2])
-            line += f"  {_clip(self.title(item_id), 40)}" + (f"  [{genres}]" if genres else "")
-            lines.append(line)
-        return "\n".join(lines)
+        return ranked_table(items, self.side, before)
 
     def print_changes(self, before: list[dict], after: list[dict], plan: dict[str, float]) -> None:
-        top_before = [e["item_id"] for e in before[:TOP]]
-        top_after = [e["item_id"] for e in after[:TOP]]
-        new_rank = {e["item_id"]: r for r, e in enumerate(after, 1)}
-        new_score = {e["item_id"]: float(e["score"]) for e in after}
-        left = [i for i in top_before if i not in top_after]
-        parts = []
-        for item_id in left:
-            if item_id in plan:
-                parts.append(f"{item_id} (rated {int(plan[item_id])}{STAR} now, so no longer recommended)")
-            elif item_id in new_rank:
-                old = next(float(e["score"]) for e in before if e["item_id"] == item_id)
-                parts.append(f"{item_id} (now rank {new_rank[item_id]}, {old:.2f} {ARROW} {new_score[item_id]:.2f})")
-            else:
-                parts.append(f"{item_id} (fell below rank {DEPTH})")
-        entered = [i for i in top_after if i not in top_before]
-        print(f"      entered the top-{TOP}: {len(entered)}; left it: " + ("; ".join(parts) if parts else "none"))
-        if self.genre:
-            def count(ranked):
-                return sum(1 for e in ranked if e["item_id"] not in plan
-                           and self.genre in self.side(e["item_id"]).get("genres", ()))
-            print(f"      unrated {self.genre} films in the top-{TOP}: {count(before[:TOP])} {ARROW} "
-                  f"{count(after[:TOP])}; in the top-{DEPTH}: {count(before)} {ARROW} {count(after)}")
-        common = [i for i in new_score if i in {e["item_id"] for e in before} and i not in plan]
-        if common:
-            old = {e["item_id"]: float(e["score"]) for e in before}
-            mean = sum(new_score[i] - old[i] for i in common) / len(common)
-            print(f"      mean score change of the {len(common)} films in both top-{DEPTH} lists: {mean:+.3f}")
+        print(changes(before, after, plan, self.side, self.genre))
 
     def print_summary(self) -> None:
         samples = read_metrics(self.worker.web_port)
@@ -551,8 +404,8 @@ class Demo:
         produced = ", ".join(f"{self.produced[t]} {t}" for t in self.input_topics())
         print(f"      events produced: {produced}; {self.requests} recommendation requests")
         total = time.perf_counter() - self.started
-        timings = ", ".join(f"{short} {_seconds(t)}" for short, t in self.steps.timings)
-        print(f"      wall time so far {_seconds(total)}: {timings}")
+        timings = ", ".join(f"{short} {duration(t)}" for short, t in self.steps.timings)
+        print(f"      wall time so far {duration(total)}: {timings}")
         if samples is None:
             print("      (the worker's /metrics did not answer)")
             return
@@ -593,7 +446,7 @@ class Demo:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 notes.append("temporary folder removed")
         if notes:
-            print(f"shut down: {', '.join(notes)} (total {_seconds(time.perf_counter() - self.started)})", flush=True)
+            print(f"shut down: {', '.join(notes)} (total {duration(time.perf_counter() - self.started)})", flush=True)
 
 
 def training_threads(requested: int | None) -> int:
