@@ -20,9 +20,10 @@ produces is delivered, before its offset is committed. The guarantees, in the or
 6. An input offset is committed only after every record produced before it (outputs, forwards, changelog
    records) was delivered: `Consumer._commit_tps` flushes the producer first.
 7. An input partition whose committed offset stays put for `commit_stall_timeout` seconds while events wait
-   past it (outside rebalances, which pause it and end with a seek to it) is read again from that offset:
-   `StallReplayer.replay` (the stall rule is stream/offsets.py). A safety net since rule 9: each replay is
-   counted (`recsys_partition_replays_total`).
+   past it and an agent handled one past it (or none of its events for 4 timeouts), outside rebalances (which
+   pause it and end with a seek to it), is read again from that offset: `StallReplayer.replay` (the stall
+   rule and `Progress` are stream/offsets.py; a worker merely behind on a backlog is left alone). A safety
+   net since rule 9: each replay is counted (`recsys_partition_replays_total`).
 8. A re-delivered event changes no state, but its entity's row is written and its vector published again:
    `stream.processing.republish_duplicates` (a pure rule, unit-tested).
 9. An input event Faust fetched and then dropped before an agent took it is read again at once (no timer),
@@ -56,7 +57,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream_app.settings import Settings
 from stream_app.stream.handed_out import HandedOut
-from stream_app.stream.offsets import StallWatch
+from stream_app.stream.offsets import Progress, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) handled, not yet acked
         self._handed_out = HandedOut()  # (9) events handed to Faust's streams, not handled yet
         self._batch_epoch = 0  # (9) fetch epoch of the records getmany is handing out
+        self.progress = Progress()  # (7) what the agents handled, per partition: a stall or a backlog?
         self.on_reread: Callable[[str], None] | None = None  # (9) called with the topic of each partition
 
     def _new_consumer_thread(self):
@@ -197,8 +199,10 @@ class Consumer(faust_aiokafka.Consumer):
         if len(self._handled) > MAX_HANDLED:
             self._handled.clear()
         self._handled.update((e.message.topic, e.message.partition, e.message.offset) for e in events)
+        now = time.monotonic()
         for e in events:
             self._handed_out.handled(e.message.tp, e.message.offset)
+            self.progress.handled(e.message.tp, e.message.offset, now)
 
     def ack(self, message) -> bool:
         # (2) Faust acks an event it skips without processing (fetched before a rebalance, or while the flow is
@@ -287,6 +291,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._handed_out.forget(revoked)
+        self.progress.forget(revoked)
         await super().on_partitions_revoked(revoked)
 
     async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
@@ -336,18 +341,21 @@ class StallReplayer:
         if self.app.rebalancing:  # paused until the rebalance's own seek to the commit: the clocks start after it
             self.stalls.stalled({}, time.monotonic())
             return
-        pending = {}  # input partitions with events past their last commit (Faust's own record of it)
+        pending = {}  # input partitions held back with events past their last commit (Faust's own record of it)
+        now = time.monotonic()
         for tp in consumer.assignment():
             if tp.topic not in consumer.guarded_topics:
                 continue
+            consumer.progress.assigned([tp], now)
             try:
                 end = consumer.highwater(tp)  # from the last fetch response; None before one
             except Exception:  # noqa: BLE001 (revoked meanwhile)
                 continue
             committed = consumer.committed_offset(tp)
-            if end and (committed or 0) < end:
+            if end and (committed or 0) < end and consumer.progress.holds_back(tp, committed, now,
+                                                                                self.stalls.timeout):
                 pending[tp] = committed
-        for tp, committed in self.stalls.stalled(pending, time.monotonic()):
+        for tp, committed in self.stalls.stalled(pending, now):
             offset = committed if committed is not None else (await consumer.earliest_offsets(tp))[tp]
             log.warning("%s[%s]: commits stalled at %s for %.0f s with events past it; reading it again from there",
                         tp.topic, tp.partition, committed, self.stalls.timeout)
