@@ -348,7 +348,9 @@ def main() -> int:
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--resend", type=float, default=0.02, help="fraction of sends that re-send a recent rating")
     p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--partitions", type=int, default=6,
+                   help="partitions per topic (default 6: two per worker, also after a restart; Faust's sticky "
+                        "assignment leaves a restarted worker none when some worker would own fewer than the rest)")
     p.add_argument("--retrain-steps", type=int, default=400, help="training steps per round of the retrain (2 rounds)")
     p.add_argument("--warmup", type=float, default=120.0,
                    help="seconds after the load starts (or a worker does) before its RSS growth counts (default 120)")

@@ -187,7 +187,8 @@ def test_two_minute_chaos_soak_loses_nothing_counts_nothing_twice_and_swaps(tans
     """The CI variant: ~3.5 minutes of wall time."""
     out = tmp_path / "soak.json"
     run = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--minutes", "2", "--kill-every", "30", "45",
-                          "--probe", "800", "--retrain-steps", "30", "--warmup", "20", "--drain-timeout", "300",
+                          "--probe", "800", "--load", "0.3", "--retrain-steps", "30", "--warmup", "20",
+                          "--drain-timeout", "300",
                           "--out", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert out.exists(), f"the soak wrote no result:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
