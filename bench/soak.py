@@ -95,7 +95,8 @@ class Soak:
         subprocess.run(train_command(10, retrain=False), env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.result["swap"]["old_version"] = served_version(self.artifacts)
         self.log(f"first model trained in {time.time() - started:.0f} s: {self.result['swap']['old_version']}")
-        ensure_topics(self.settings, TOPICS)
+        # item-updates too: the sampler reads it before a worker made it, and reading auto-creates it (4 partitions)
+        ensure_topics(self.settings, (*TOPICS, self.item_topic))
         for slot in self.slots:
             slot.start()
         self.sampler = Sampler(self.broker.bootstrap, APP, "ratings", self.item_topic, self.args.partitions,

@@ -58,7 +58,8 @@ def prepare_topics(settings: Settings) -> None:
     for topic in described:
         n = len(topic.get("partitions") or ())
         if n and n != s.partitions:
-            raise RecsysError(f"topic {topic['topic']!r} has {n} partitions but the tables have "
+            name = topic.get("name") or topic.get("topic")  # kafka-python 2.1+ says "name"
+            raise RecsysError(f"topic {name!r} has {n} partitions but the tables have "
                               f"{s.partitions}: set RECSYS_PARTITIONS={n} (and a new RECSYS_APP_ID) or "
                               f"recreate the topic")
 
