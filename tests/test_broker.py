@@ -85,6 +85,19 @@ def test_create_topics_is_idempotent(kafka_broker):
     assert len(described["partitions"]) == 3
 
 
+def test_a_worker_refuses_an_input_topic_with_other_partitions_and_names_it(kafka_broker):
+    from stream_app.errors import RecsysError
+    from stream_app.settings import Settings
+    from stream_app.worker.topics import prepare_topics
+
+    ratings = _unique("ratings")
+    create_topics(kafka_broker.bootstrap, {ratings: 2})
+    settings = Settings.from_env({"RECSYS_BROKER_URL": kafka_broker.url, "RECSYS_PARTITIONS": "3",
+                                  "RECSYS_TOPIC_RATINGS": ratings, "RECSYS_APP_ID": _unique("app")})
+    with pytest.raises(RecsysError, match=rf"topic '{ratings}' has 2 partitions but the tables have 3"):
+        prepare_topics(settings)
+
+
 @pytest.mark.integration
 def test_cli_detach_status_stop(tansu, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RECSYS_DATA_CACHE", str(tmp_path))
