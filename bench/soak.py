@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -364,6 +365,8 @@ def main() -> int:
     p.add_argument("--keep", default=None, help="keep the work folder (logs, stores) here instead of a temporary one")
     p.add_argument("--replot", action="store_true", help="only redraw the table and PNG of the --out JSON")
     args = p.parse_args()
+    # SIGTERM (kill, pkill) runs the cleanup too; without it the soak's workers and broker outlived it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(args.out)
     if args.replot:
         result = json.loads(out.read_text())
