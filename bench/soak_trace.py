@@ -4,8 +4,9 @@ For each offending item the trace reads two topics from their beginning (kept wh
 - `<app>-item-updates`: which of the item's ratings the user side forwarded, how often, and at which offsets;
 - `<app>-items-changelog`: every row ever written for the item, in order, with its n_ratings; a row whose
   n_ratings is lower than an earlier row's is a stale write (a worker writing from an old copy of the row).
-A rating sent but never forwarded was lost on the user side; one forwarded but missing from the final row
-was lost on the item side. The trace is a diagnosis for bench/results, not a check: check_side decides.
+A rating sent but never forwarded was lost on the user side (or by the broker: the trace looks it up in the
+ratings topic, beside the group's committed offset of its partition); one forwarded but missing from the
+final row was lost on the item side. The trace is a diagnosis for bench/results, not a check: check_side decides.
 """
 
 from __future__ import annotations
@@ -42,12 +43,38 @@ def trace_items(bootstrap: str, app: str, keys: list[str], sent: dict[str, list[
                 row = None
             history[key].append((r.partition, r.offset, None if row is None else row.n_ratings,
                                  [] if row is None else [e.ts for e in row.window]))
-    return {key: _findings(sent.get(key, []), forwards[key], history[key]) for key in keys}
+    found = {key: _findings(sent.get(key, []), forwards[key], history[key]) for key in keys}
+    unforwarded = {t for f in found.values() for t in f["never_forwarded"]}
+    if unforwarded:
+        where = _in_ratings_topic(bootstrap, app, unforwarded)
+        for f in found.values():
+            f["never_forwarded"] = [{"ts": t, **where.get(t, {"in_ratings_topic": False})}
+                                    for t in f["never_forwarded"]]
+    return found
+
+
+def _in_ratings_topic(bootstrap: str, app: str, stamps: set[float]) -> dict[float, dict[str, Any]]:
+    """Where each of these ratings is in the ratings topic, and the group's committed offset of its partition."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    where: dict[float, dict[str, Any]] = {}
+    with TopicReader(bootstrap, "ratings") as reader:
+        for r in reader.read_available(300):
+            if isinstance(r.value, dict) and float(r.value.get("ts", -1)) in stamps:
+                where.setdefault(float(r.value["ts"]), {"in_ratings_topic": True, "partition": r.partition,
+                                                        "offsets": []})["offsets"].append(r.offset)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=app, enable_auto_commit=False)
+    try:  # committed() reads the group's offsets without joining it
+        for w in where.values():
+            w["committed"] = consumer.committed(TopicPartition("ratings", w["partition"]))
+    finally:
+        consumer.close()
+    return where
 
 
 def _findings(sent: list[float], forwarded: dict[float, list[tuple[int, int]]],
               history: list[tuple[int, int, int | None, list[float]]]) -> dict[str, Any]:
-    never_forwarded = [t for t in sent if t not in forwarded]
+    never_forwarded: list = [t for t in sent if t not in forwarded]
     ever_stored = {t for *_, window in history for t in window}
     last_window = set(history[-1][3]) if history else set()
     drops = []
