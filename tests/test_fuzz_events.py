@@ -71,24 +71,20 @@ def test_rating_parser(raw):
         assert event.context is None or isinstance(event.context, dict)
 
 
-@examples(200)
-@given(payloads("user"))
-def test_user_parser(raw):
-    event = outcome(lambda r: ev.parse_user(r, MAX), raw)
-    if event is not None:
-        check_id(event.event_id), check_id(event.user_id)
-        check_storable(event.side)
-        SCHEMA.encode_user(event.side)
+SIDE_DATA = {"user": (ev.parse_user, "user_id", SCHEMA.encode_user),  # parser, id field, encoder
+             "item": (ev.parse_item, "item_id", SCHEMA.encode_item)}
 
 
+@pytest.mark.parametrize("kind", ["user", "item"])
 @examples(200)
-@given(payloads("item"))
-def test_item_parser(raw):
-    event = outcome(lambda r: ev.parse_item(r, MAX), raw)
+@given(data=st.data())
+def test_side_data_parsers(kind, data):
+    parse, id_field, encode = SIDE_DATA[kind]
+    event = outcome(lambda r: parse(r, MAX), data.draw(payloads(kind), label="raw"))
     if event is not None:
-        check_id(event.event_id), check_id(event.item_id)
+        check_id(event.event_id), check_id(getattr(event, id_field))
         check_storable(event.side)
-        SCHEMA.encode_item(event.side)
+        encode(event.side)
 
 
 @examples(200)
@@ -130,7 +126,7 @@ def test_valid_events_of_every_topic_parse():
     b'{"event_id": "e", "user_id": "u", "age": -1e300}',
 ], ids=["surrogate-gender", "surrogate-zip", "age-1e20", "age--1e300"])
 def test_user_side_data_a_row_cannot_hold_is_bad_type(raw):
-    """Found by test_user_parser: these parsed, and the batch then failed writing the row (orjson refuses
+    """Found by test_side_data_parsers (users): these parsed, and the batch then failed writing the row (orjson refuses
     them), so every event of the batch became a processing_error dead letter."""
     with pytest.raises(EventError) as info:
         ev.parse_user(raw, MAX)

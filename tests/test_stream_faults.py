@@ -35,6 +35,9 @@ pytestmark = pytest.mark.integration
 MAX_EVENT_BYTES = 65536  # the default: deep nesting fits under it and must fail as JSON, not as size
 KILL9_RUNS = int(os.environ.get("RECSYS_KILL9_RUNS", "1"))
 KILL9_STALL = "15"  # the default commit-stall timeout: with the harness's 5 s a busy survivor's backlog looked stalled
+# windows that hold every rating of kill9_events (checked by ts), no model polling, the default stall timeout
+KILL9_ENV = dict(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
+                 RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
 
 
 def pytest_generate_tests(metafunc):
@@ -395,8 +398,7 @@ def diagnose(w: Worker, broker, events: list[dict]) -> str:
 def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, models, tmp_path, request, kill9_run):
     root, _ = models
     w = Worker(kafka_broker, root / "v1", tmp_path)  # a model folder: no pointer to follow
-    w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
-                 RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
+    w.env.update(KILL9_ENV)
     try:
         w.start()
         events = kill9_events("k9")
@@ -429,6 +431,24 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
 
 # ---------------------------------------------------------------------------------------------- scale-out
 
+def worker_pair(broker, model, tmp_path, names: tuple[str, str], **env: str) -> tuple[Worker, Worker, str]:
+    """Two workers of one consumer group (own folders, KILL9_ENV + env) and the series of their applied ratings."""
+    first = Worker(broker, model, tmp_path / names[0])
+    second = Worker(broker, model, tmp_path / names[1], like=first)
+    for w in (first, second):
+        w.root.mkdir()
+        w.env.update(KILL9_ENV, **env)
+    return first, second, f'recsys_events_total{{outcome="ok",topic="{first.topics["ratings"]}"}}'
+
+
+def wait_owns_all(w: Worker, since: float, timeout: float = 60.0) -> float:
+    """Seconds from `since` (time.monotonic()) until w owns every partition (polled every 0.1 s)."""
+    while w.owned_partitions() != PARTITIONS:
+        assert time.monotonic() < since + timeout, f"no takeover:\n{w.log_tail()}"
+        time.sleep(0.1)
+    return time.monotonic() - since
+
+
 @pytest.mark.parametrize("killed_first", [False, True], ids=["fresh", "killed-and-restarted"])
 def test_a_worker_joining_mid_stream_takes_its_share_and_every_rating_is_accounted_for(kafka_broker, models,
                                                                                       tmp_path, killed_first):
@@ -437,13 +457,7 @@ def test_a_worker_joining_mid_stream_takes_its_share_and_every_rating_is_account
     back on its old store, as in the chaos soak (where ratings sent during such a hand-over were lost once
     restarted workers were given partitions again)."""
     root, _ = models
-    first = Worker(kafka_broker, root / "v1", tmp_path / "first")
-    joining = Worker(kafka_broker, root / "v1", tmp_path / "joining", like=first)
-    ok = f'recsys_events_total{{outcome="ok",topic="{first.topics["ratings"]}"}}'
-    for w in (first, joining):
-        w.root.mkdir()
-        w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
-                     RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
+    first, joining, ok = worker_pair(kafka_broker, root / "v1", tmp_path, ("first", "joining"))
     try:
         first.start()
         if killed_first:
@@ -455,10 +469,7 @@ def test_a_worker_joining_mid_stream_takes_its_share_and_every_rating_is_account
         if killed_first:
             wait_metric(joining, ok, 30, timeout=60)
             joining.kill()
-            deadline = time.monotonic() + 60
-            while first.owned_partitions() != PARTITIONS:
-                assert time.monotonic() < deadline, f"no takeover:\n{first.log_tail()}"
-                time.sleep(0.1)
+            wait_owns_all(first, time.monotonic())
         joining.start(alone=False)  # the hand-over happens while ratings keep coming
         wait_for_split(first, joining, "the joining worker got no partitions")
         sender.join(120)
@@ -485,13 +496,8 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
     """Two workers of one consumer group share the partitions; one is killed (-9) mid-stream; the other
     takes over its partitions and tables (from its standby copy or from the changelog) and finishes."""
     root, _ = models
-    survivor = Worker(kafka_broker, root / "v1", tmp_path / "survivor")
-    victim = Worker(kafka_broker, root / "v1", tmp_path / "victim", like=survivor)
-    ok = f'recsys_events_total{{outcome="ok",topic="{survivor.topics["ratings"]}"}}'
-    for w in (survivor, victim):
-        w.root.mkdir()
-        w.env.update(RECSYS_WINDOW_USER="64", RECSYS_WINDOW_ITEM="64", RECSYS_MODEL_POLL_INTERVAL="0",
-                     RECSYS_STANDBY_REPLICAS=str(standbys), RECSYS_COMMIT_STALL_TIMEOUT=KILL9_STALL)
+    survivor, victim, ok = worker_pair(kafka_broker, root / "v1", tmp_path, ("survivor", "victim"),
+                                       RECSYS_STANDBY_REPLICAS=str(standbys))
     try:
         survivor.start()
         victim.start(alone=False)
@@ -503,10 +509,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
         victim_applied = victim.metric(ok)
         victim.kill()
         killed, killed_wall = time.monotonic(), time.time()
-        while survivor.owned_partitions() != PARTITIONS:
-            assert time.monotonic() < killed + 60, f"no takeover:\n{survivor.log_tail()}"
-            time.sleep(0.1)
-        takeover = time.monotonic() - killed
+        takeover = wait_owns_all(survivor, killed)
         sender.join(120)
         assert not sender.is_alive()
         counted = check_every_rating_accounted_for(survivor, kafka_broker, events)
