@@ -308,7 +308,8 @@ class Soak:
                                       window[side])
         wrong = [key for key, *_ in checks["item"]["examples"].get("table_count", [])]
         try:  # a diagnosis: its own failure must not cost the run's result
-            checks["item"]["trace"] = trace_items(self.broker.bootstrap, APP, wrong, expected["item"])
+            checks["item"]["trace"] = trace_items(self.broker.bootstrap, APP, wrong, expected["item"],
+                                                  self.sampler.latest["committed"])
         except Exception as exc:  # noqa: BLE001
             checks["item"]["trace"] = {"error": repr(exc)}
         swap = self.result["swap"]

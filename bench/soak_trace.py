@@ -20,8 +20,10 @@ from stream_app.stream.codec import RowDecodeError, decode_row
 MAX_LISTED = 10
 
 
-def trace_items(bootstrap: str, app: str, keys: list[str], sent: dict[str, list[float]]) -> dict[str, Any]:
-    """{item id: findings} for `keys` (items whose final count was wrong)."""
+def trace_items(bootstrap: str, app: str, keys: list[str], sent: dict[str, list[float]],
+                committed: list[int | None]) -> dict[str, Any]:
+    """{item id: findings} for `keys` (items whose final count was wrong); committed: the group's final committed
+    offset of each ratings partition (the sampler's last sample)."""
     if not keys:
         return {}
     wanted = set(keys)
@@ -46,29 +48,22 @@ def trace_items(bootstrap: str, app: str, keys: list[str], sent: dict[str, list[
     found = {key: _findings(sent.get(key, []), forwards[key], history[key]) for key in keys}
     unforwarded = {t for f in found.values() for t in f["never_forwarded"]}
     if unforwarded:
-        where = _in_ratings_topic(bootstrap, app, unforwarded)
+        where = _in_ratings_topic(bootstrap, unforwarded, committed)
         for f in found.values():
             f["never_forwarded"] = [{"ts": t, **where.get(t, {"in_ratings_topic": False})}
                                     for t in f["never_forwarded"]]
     return found
 
 
-def _in_ratings_topic(bootstrap: str, app: str, stamps: set[float]) -> dict[float, dict[str, Any]]:
+def _in_ratings_topic(bootstrap: str, stamps: set[float], committed: list[int | None]) -> dict[float, dict[str, Any]]:
     """Where each of these ratings is in the ratings topic, and the group's committed offset of its partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
     where: dict[float, dict[str, Any]] = {}
     with TopicReader(bootstrap, "ratings") as reader:
         for r in reader.read_available(300):
             if isinstance(r.value, dict) and float(r.value.get("ts", -1)) in stamps:
                 where.setdefault(float(r.value["ts"]), {"in_ratings_topic": True, "partition": r.partition,
+                                                        "committed": committed[r.partition],
                                                         "offsets": []})["offsets"].append(r.offset)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=app, enable_auto_commit=False)
-    try:  # committed() reads the group's offsets without joining it
-        for w in where.values():
-            w["committed"] = consumer.committed(TopicPartition("ratings", w["partition"]))
-    finally:
-        consumer.close()
     return where
 
 
@@ -89,8 +84,7 @@ def _findings(sent: list[float], forwarded: dict[float, list[tuple[int, int]]],
         "sent": len(sent), "forwarded_distinct": len(forwarded),
         "forwarded_more_than_once": sum(len(v) > 1 for v in forwarded.values()),
         "never_forwarded": never_forwarded[:MAX_LISTED],
-        "recent_never_stored": [{"ts": t, "at": forwarded.get(t)} for t in recent
-                                          if t not in ever_stored][:MAX_LISTED],
+        "recent_never_stored": [{"ts": t, "at": forwarded.get(t)} for t in recent if t not in ever_stored][:MAX_LISTED],
         "changelog_rows": len(history), "n_ratings_drops": drops[:MAX_LISTED],
         "last_row": None if not history else {"partition": history[-1][0], "offset": history[-1][1],
                                               "n_ratings": history[-1][2]},
