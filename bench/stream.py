@@ -550,9 +550,10 @@ def percentiles(when: dict[str, float], sent: dict[str, float], prefix: str = ""
 
 
 def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | None, profile_kind: str, log) -> dict:
-    from stream_app.broker import EmbeddedBroker, create_topics
+    from stream_app.broker import EmbeddedBroker
     from stream_app.clients import json_producer
     from stream_app.core.artifacts import load_artifact
+    from stream_app.kafka_admin import create_topics
 
     rec = load_artifact(artifacts)
     rec_ids = rec.ids

