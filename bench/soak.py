@@ -224,7 +224,8 @@ class Soak:
         latest = self.sampler.latest["workers"].values()
         if swap.get("new_version") and "swapped_at" not in swap and all(
                 w and w["model"] == swap["new_version"] for w in latest):
-            swap["swapped_at"] = self.sampler.latest["t"]
+            # the last worker's scrape, not the sample's start: a worker may swap while the sample is taken
+            swap["swapped_at"] = max(w["scraped_at"] for w in latest)
             self.log(f"every worker serves {swap['new_version']}")
         return False
 

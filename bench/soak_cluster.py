@@ -131,7 +131,8 @@ class Sampler(threading.Thread):
         for slot in self.slots:
             samples = slot.metrics()
             workers[slot.name] = None if samples is None else {
-                "incarnation": slot.incarnation, "rss_mb": slot.rss_mb(), "cpu_s": slot.cpu_s(),
+                "incarnation": slot.incarnation, "scraped_at": time.time(),
+                "rss_mb": slot.rss_mb(), "cpu_s": slot.cpu_s(),
                 "model": model_of(samples),
                 "partitions": int(metric_sum(samples, "recsys_assigned_partitions", topic=self.topic)),
                 "replays": metric_sum(samples, "recsys_partition_replays_total")}

@@ -102,6 +102,9 @@ class Settings:
     ready_stall_timeout: float = _setting(
         120.0, "/ready answers 503 once an input partition's committed offset has stayed put this many seconds "
         "while events wait past it (sampled every LAG_INTERVAL; 0 = stalls never make a worker unready)", "stream")
+    log_offsets: bool = _setting(
+        False, "log every seek, assignment and commit of an input partition, with the offsets handled since the "
+        "last commit (at INFO, logger stream_app.offsets): to trace where an event went", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

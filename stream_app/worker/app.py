@@ -42,7 +42,7 @@ from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 from stream_app.stream.web import WebServer
 from stream_app.worker import topics as tp
-from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context
+from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context, log_offsets
 from stream_app.worker.services import CatalogueSync, ModelPoller
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Runtime:
     def __init__(self, app: RecsysApp, settings: Settings, service: FoldInService, metrics: StreamMetrics):
         self.app, self.settings, self.service, self.metrics = app, settings, service, metrics
         s = settings
+        log_offsets(s.log_offsets)
         self.gate = lc.BatchGate()  # model swaps happen between batches (stream/lifecycle.py)
         self.limiter = RateLimiter(s.recommend_interval)
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -11,8 +11,11 @@ produces is delivered, before its offset is committed. The guarantees, in the or
    `take_events` batch where Faust tracks no current event: `event_context`.
 2. An input event counts as acknowledged only once an agent has handled it (applied, dead-lettered or
    rekeyed), never because Faust skipped it around a rebalance: `Consumer.mark_handled`, `Consumer.ack`.
-3. A partition's commit never moves past the event *at* its committed offset until that event is handled:
-   `Consumer._new_offset`.
+3. A partition's commit continues from its last commit (or, never committed, from where its reading began),
+   never past an event there that no agent handled: `Consumer._new_offset`. Acks of a partition whose start is
+   unknown here commit nothing: after a rebalance revoked it, an agent finishing its batch would otherwise
+   commit from the first offset it acked, past events this worker skipped (seen in a soak: a ~11 s run of
+   ratings lost when partitions moved to a rejoining worker); the next owner reads them again.
 4. A jump in an input partition's offsets (which Faust would count as acknowledged) is left unacknowledged,
    so the skipped events are read again: `Consumer._add_gap`.
 5. After a rebalance, an input partition the group never committed restarts at its beginning (aiokafka does
@@ -60,6 +63,20 @@ from stream_app.stream.handed_out import HandedOut
 from stream_app.stream.offsets import Progress, StallWatch
 
 log = logging.getLogger(__name__)
+offsets_log = logging.getLogger("stream_app.offsets")  # seeks and commits, one line each (Settings.log_offsets)
+offsets_log.setLevel(logging.WARNING)
+
+
+def log_offsets(on: bool) -> None:
+    offsets_log.setLevel(logging.INFO if on else logging.WARNING)
+
+
+def _names(tps) -> str:
+    return " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps))
+
+
+def _tps(offsets: dict) -> str:
+    return " ".join(f"{tp.topic}[{tp.partition}]={offset}" for tp, offset in sorted(offsets.items()))
 
 MAX_HANDLED = 1_000_000  # handled but never acked (e.g. revoked meanwhile): cleared, such events are read again
 
@@ -84,6 +101,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.start_offsets: dict = {}  # (3) input partition -> where the last seek to the commits put it
         self.seek_epochs: dict = {}  # (9) partition -> epoch of its last seek
         self.epoch = 0  # (9) bumped by each seek
         self.fetch_epoch = 0  # (9) the epoch when the last fetch took its records from aiokafka
@@ -118,6 +136,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         for tp, offset in offsets.items():
             consumer.seek(tp, offset)
             self.seek_epochs[tp] = self.epoch
+        offsets_log.info("seek %s (epoch %d)", _tps(offsets), self.epoch)
         return self.epoch
 
     async def reseek(self, offsets: dict) -> int:
@@ -143,6 +162,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         never = [tp for tp, offset in committed.items() if offset is None and tp.topic not in changelogs]
         offsets = dict(await consumer.beginning_offsets(never)) if never else {}
         offsets.update((tp, offset) for tp, offset in committed.items() if offset)  # aiokafka's rule: > 0 only
+        self.start_offsets = {tp: offsets.get(tp, offset) for tp, offset in committed.items()
+                              if tp.topic not in changelogs}
         self._seek_now(offsets)  # IllegalStateError if revoked meanwhile, as aiokafka's: Faust's recovery restarts
         return committed
 
@@ -177,6 +198,7 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self.guarded_topics: set[str] = set()  # the agents' input topics (see guard())
         self._handled: set[tuple[str, int, int]] = set()  # (topic, partition, offset) handled, not yet acked
+        self._reading_from: dict = {}  # (3) input partition -> where its reading began in this assignment
         self._handed_out = HandedOut()  # (9) events handed to Faust's streams, not handled yet
         self._batch_epoch = 0  # (9) fetch epoch of the records getmany is handing out
         self.progress = Progress()  # (7) what the agents handled, per partition: a stall or a backlog?
@@ -223,11 +245,19 @@ class Consumer(faust_aiokafka.Consumer):
     def _new_offset(self, tp):
         # (3) Faust holds a commit back when acknowledged offsets start more than one past the committed offset,
         # but the committed offset is the next one to read: the event *at* it could be skipped and committed
-        # past (seen: the first rating after a rebalance lost for good). Hold the commit back for it too.
+        # past (seen: the first rating after a rebalance lost for good). Hold the commit back for it too. Faust
+        # forgets the committed offset of a revoked partition and then commits from whatever is acked: hold back.
         acked, committed = self._acked[tp], self._committed_offset.get(tp)
-        if acked and committed is not None and tp.topic in self.guarded_topics and min(acked) > committed:
-            return None
-        return super()._new_offset(tp)
+        if acked and tp.topic in self.guarded_topics:
+            base = committed if committed is not None else self._reading_from.get(tp)
+            if base is None or min(acked) > base:
+                return None
+        first = min(acked) if acked else None
+        offset = super()._new_offset(tp)
+        if offset is not None and tp.topic in self.guarded_topics:
+            offsets_log.info("%s[%s] commit %s: handled %s..%s, committed before: %s", tp.topic, tp.partition,
+                             offset, first, offset - 1, committed)
+        return offset
 
     async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
         # (4) Faust counts a jump in a partition's offsets as acknowledged (holes left by compaction or
@@ -289,7 +319,19 @@ class Consumer(faust_aiokafka.Consumer):
             if self.on_reread is not None:
                 self.on_reread(tp.topic)
 
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        offsets_log.info("assigned %s (generation %s)", _names(assigned), generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()  # Faust's: our _seek_to_committed, then its read and committed offsets
+        assigned = self.assignment()
+        self._reading_from = {tp: offset for tp, offset in self._thread.start_offsets.items() if tp in assigned}
+
     async def on_partitions_revoked(self, revoked) -> None:
+        offsets_log.info("revoked %s", _names(revoked))
+        for tp in revoked:
+            self._reading_from.pop(tp, None)
         self._handed_out.forget(revoked)
         self.progress.forget(revoked)
         await super().on_partitions_revoked(revoked)
