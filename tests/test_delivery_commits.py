@@ -1,5 +1,6 @@
-"""Rule 3 of stream_app/worker/delivery.py on the worker's own consumer class, never started (no broker): which
-offset a commit of an input partition may reach, given what the agents acknowledged."""
+"""Rules 3 and 4 of stream_app/worker/delivery.py on the worker's own consumer class, never started (no broker):
+which offset a commit of an input partition may reach, given what the agents acknowledged, and what a jump in
+the fetched offsets does."""
 
 from __future__ import annotations
 
@@ -74,3 +75,17 @@ def test_other_topics_keep_fausts_rule(consumer):
     other = TP("users-changelog", 0)
     consumer._acked[other].extend([5, 6])
     assert consumer._new_offset(other) == 7
+
+
+def test_a_jump_in_fetched_offsets_holds_the_commit_and_reads_the_partition_again_at_once(consumer):
+    rereads = []
+    consumer._reread_soon = rereads.append
+    consumer._committed_offset[RATINGS] = 87
+    consumer.flow_active = True
+    asyncio.run(consumer._add_gap(RATINGS, 89, 90))  # Faust read 88, then 90: 89 was skipped
+    assert rereads == [{RATINGS: 89}]
+    acked(consumer, 87, 88, 90)
+    assert consumer._new_offset(RATINGS) == 89  # not past 89
+    consumer.flow_active = False  # a rebalance is on: its seek to the committed offset reads them again
+    asyncio.run(consumer._add_gap(RATINGS, 95, 96))
+    assert rereads == [{RATINGS: 89}]
