@@ -105,6 +105,9 @@ class Settings:
     log_offsets: bool = _setting(
         False, "log every seek, assignment and commit of an input partition, with the offsets handled since the "
         "last commit (at INFO, logger stream_app.offsets): to trace where an event went", "stream")
+    memory_trim_interval: float = _setting(
+        60.0, "seconds between two hand-backs of a worker's freed heap memory to the system (glibc malloc_trim: "
+        "RSS otherwise keeps the high-water mark of every takeover and burst; 0 = never)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

@@ -41,6 +41,7 @@ from stream_app.stream.processing import Context, Outcome, RateLimiter, RawEvent
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 from stream_app.stream.web import WebServer
+from stream_app.worker import memory
 from stream_app.worker import topics as tp
 from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context, log_offsets
 from stream_app.worker.services import CatalogueSync, ModelPoller
@@ -94,6 +95,8 @@ class Runtime:
         app.agent(self.user_inputs, name="user-processor")(self.user_agent)
         app.agent(self.item_inputs, name="item-processor")(self.item_agent)
         app.timer(15.0, name="table-sizes")(self.update_table_sizes)
+        if s.memory_trim_interval > 0:
+            app.timer(s.memory_trim_interval, name="memory-trim")(self.trim_memory)
         for t in (self.users, self.items):  # and after each recovery: a rebalance changes what is ours
             t.on_recover(self.update_table_sizes)
         app.service(CatalogueSync(self))
@@ -219,6 +222,9 @@ class Runtime:
         if offsets is not None:
             self.lag.update(offsets, time.monotonic())
         self.readiness.refresh()
+
+    async def trim_memory(self) -> None:
+        memory.trim()
 
     async def update_table_sizes(self) -> None:
         self.metrics.table_entries.labels(table="users").set(len(self.users))
