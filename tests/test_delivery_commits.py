@@ -57,11 +57,7 @@ def test_acks_after_the_partition_was_revoked_commit_nothing(consumer):
 def test_revocation_forgets_where_reading_began(consumer):
     consumer._reading_from[RATINGS] = 0
     consumer._on_partitions_revoked = _noop  # not a running app: only the consumer's own bookkeeping is tested
-
-    async def revoke():
-        await consumer.on_partitions_revoked({RATINGS})
-
-    asyncio.run(revoke())
+    asyncio.run(consumer.on_partitions_revoked({RATINGS}))
     assert RATINGS not in consumer._reading_from
     acked(consumer, 0, 1)
     assert consumer._new_offset(RATINGS) is None

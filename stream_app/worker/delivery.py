@@ -248,11 +248,11 @@ class Consumer(faust_aiokafka.Consumer):
         # past (seen: the first rating after a rebalance lost for good). Hold the commit back for it too. Faust
         # forgets the committed offset of a revoked partition and then commits from whatever is acked: hold back.
         acked, committed = self._acked[tp], self._committed_offset.get(tp)
-        if acked and tp.topic in self.guarded_topics:
-            base = committed if committed is not None else self._reading_from.get(tp)
-            if base is None or min(acked) > base:
-                return None
         first = min(acked) if acked else None
+        if first is not None and tp.topic in self.guarded_topics:
+            base = committed if committed is not None else self._reading_from.get(tp)
+            if base is None or first > base:
+                return None
         offset = super()._new_offset(tp)
         if offset is not None and tp.topic in self.guarded_topics:
             offsets_log.info("%s[%s] commit %s: handled %s..%s, committed before: %s", tp.topic, tp.partition,
