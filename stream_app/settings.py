@@ -108,6 +108,9 @@ class Settings:
     memory_trim_interval: float = _setting(
         60.0, "seconds between two hand-backs of a worker's freed heap memory to the system (glibc malloc_trim: "
         "RSS otherwise keeps the high-water mark of every takeover and burst; 0 = never)", "stream")
+    malloc_arenas: int = _setting(
+        2, "heaps glibc may give a worker's threads (mallopt M_ARENA_MAX; each heap keeps its own freed memory, "
+        "so fewer heaps keep RSS near what is used; 0 = glibc's default of 8 per core)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

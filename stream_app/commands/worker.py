@@ -28,6 +28,9 @@ def run(args) -> int:
     settings = settings_from_args(args)
     check_web_port(settings.web_port)  # before the slow imports: a clear line at once
     check_broker(settings.broker_url)
+    from stream_app.worker import memory
+
+    memory.limit_arenas(settings.malloc_arenas)  # before the imports below start threads
 
     from faust.worker import Worker
 

@@ -99,6 +99,8 @@ class Runtime:
             app.timer(s.memory_trim_interval, name="memory-trim")(self.trim_memory)
         for t in (self.users, self.items):  # and after each recovery: a rebalance changes what is ours
             t.on_recover(self.update_table_sizes)
+            if s.memory_trim_interval > 0:  # a recovery's read buffers are the biggest short-lived allocation
+                t.on_recover(self.trim_memory)
         app.service(CatalogueSync(self))
         app.service(ModelPoller(self))
         if s.commit_stall_timeout > 0:
