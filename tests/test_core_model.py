@@ -250,3 +250,20 @@ def test_fold_in_shrinks_few_ratings_toward_the_cold_start_vector(planted, train
     raw_one = rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=0.0)[0]
     assert np.linalg.norm(rec.fold_in("user", [one], side[:1], entity_keys=[5], prior=4.0)[0] - cold) < \
         np.linalg.norm(raw_one - cold)
+
+
+@pytest.mark.parametrize("dot_head", [False, True])
+def test_scoring_many_items_is_the_predictor_on_every_pair(dot_head):
+    from stream_app.core.networks import Predictor
+
+    torch.manual_seed(0)
+    n, users, items = 6, 3, 7
+    p = Predictor(n, 4, 5, 2, 16, 0.0, 2, biases=True, dot_head=dot_head).eval()
+    if dot_head:
+        torch.nn.init.normal_(p.dot.weight)  # zero at the start of training
+    uv, iv = torch.randn(users, n + 1), torch.randn(items, n + 1)
+    ud, idata, ctx = torch.randn(users, 4), torch.randn(items, 5), torch.randn(users, 2)
+    scored = p.score_items(p.item_part(iv, idata), iv, uv, ud, ctx)  # [users, items, rates]
+    pairs = p(uv.repeat_interleave(items, 0), ud.repeat_interleave(items, 0), iv.repeat(users, 1),
+              idata.repeat(users, 1), ctx.repeat_interleave(items, 0)).view(users, items, 2)
+    torch.testing.assert_close(scored, pairs, rtol=1e-4, atol=1e-5)

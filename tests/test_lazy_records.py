@@ -78,16 +78,18 @@ def test_refinement_targets_and_leave_one_out_match_the_materialised_records(dat
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("objective", ["joint", "reconstruct"])
-def test_training_steps_see_the_materialised_records(data, objective):
-    trainer, td, tables = setup(data, objective=objective)
+@pytest.mark.parametrize(("objective", "phi_layers"), [("joint", 2), ("joint", 1), ("reconstruct", 2)])
+def test_training_steps_see_the_materialised_records(data, objective, phi_layers):
+    trainer, td, tables = setup(data, objective=objective, phi_layers=phi_layers)
     records = {"lazy": {s: td.records(s, tables) for s in SIDES},
                "full": {s: materialised(td, s, tables) for s in SIDES}}
     rows = torch.arange(10)
     entity = td.entity["user"][rows]
     lazy, full = twice(trainer, lambda kind: trainer._encode_subsets(td, "user", records[kind]["user"],
                                                                      entity, rows))
-    for a, b in zip(lazy, full, strict=True):
+    (lazy_codes, *lazy_rest), (full_codes, *full_rest) = lazy, full  # the codes: the first layer is split
+    torch.testing.assert_close(lazy_codes, full_codes, rtol=1e-5, atol=1e-6)
+    for a, b in zip(lazy_rest, full_rest, strict=True):  # index and mask
         assert torch.equal(a, b)
     if objective == "reconstruct":
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -108,3 +110,16 @@ def test_leave_one_out_vectors_are_kept_only_when_a_step_uses_them(data):
     calibrated.fit(data, log=lambda *_: None)
     shapes = {side: tuple(v.shape) for side, v in calibrated.loo.items()}
     assert shapes == {side: (len(data), TINY["n_dim"]) for side in SIDES}
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_the_decoder_loss_from_projected_tables_is_the_loss_on_gathered_records(data, side):
+    trainer, td, tables = setup(data)
+    lazy, full = td.records(side, tables), materialised(td, side, tables)
+    index = torch.randint(len(full), (7, 2, 5))
+    mask = torch.rand(7, 2, 5) < 0.8
+    code = torch.randn(7, 2, TINY["n_dim"])
+    decoder = trainer.model.decoder(side)
+    torch.testing.assert_close(decoder.loss_lazy(code, lazy, index, mask), decoder.loss(code, full[index], mask))
+    encoder = trainer.model.encoder(side).eval()
+    torch.testing.assert_close(encoder.encode_lazy(lazy, index, mask), encoder(full[index], mask))

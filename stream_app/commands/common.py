@@ -58,7 +58,9 @@ CONFIG_HELP = {
     "objective": "joint: encoders and predictor trained together; reconstruct: autoencoders first, then the "
                  "predictor",
     "hidden": "hidden units of the encoders and decoders",
+    "phi_layers": "layers of the set encoder's per-record network before pooling (1, 2 or 3)",
     "predictor_hidden": "hidden units of the rating predictor",
+    "dot_head": "add a weighted dot product of the user and item vectors to the predictor's outputs",
     "dropout": "dropout rate in the networks",
     "rounds": "training rounds (ID refinements); at least 1",
     "epochs_per_round": "passes over the training ratings between two ID refinements",

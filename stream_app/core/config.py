@@ -25,7 +25,11 @@ class ModelConfig:
     # 64 costs about half the time of 128 per step, a little validation RMSE per round
     # (bench/results/issue12/ablation-ml100k-u1.json)
     hidden: int = 64
+    # Layers of the set encoder's per-record network before pooling. With 1, each record costs a gather and a
+    # small matmul (its first layer is applied to per-entity tables, records.LazyRecords.first_layer).
+    phi_layers: int = 2
     predictor_hidden: int = 64
+    dot_head: bool = False  # add a weighted dot product of the two vectors to the predictor's outputs
     dropout: float = 0.1
     # training schedule
     rounds: int = 24
@@ -88,6 +92,8 @@ class ModelConfig:
             raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.phi_layers not in (1, 2, 3):
+            raise ValueError("phi_layers must be 1, 2 or 3")
         if not 1 <= self.m_records <= 64:
             raise ValueError("m_records must be in 1..64")
         if not 0 <= self.small_pool_fraction <= 1:

@@ -33,7 +33,7 @@ class ConcatEncoder(nn.Module):
     entities with fewer than M ratings), so `mask` is not used here.
     """
 
-    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float):
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2):
         super().__init__()
         self.m = m
         self.net = mlp([m * record_dim, hidden, hidden, n_dim], dropout, nn.Tanh())
@@ -45,12 +45,12 @@ class ConcatEncoder(nn.Module):
 class SetEncoder(nn.Module):
     """Permutation-invariant encoder: rho(masked mean of phi(record)), plus the record count."""
 
-    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float):
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2):
         super().__init__()
         self.m = m
         # No dropout per record: it costs more than the rest of the step on CPU, and the random
         # subsets already regularise; dropout acts after pooling.
-        self.phi = mlp([record_dim, hidden, hidden], 0.0, nn.ReLU())
+        self.phi = mlp([record_dim] + [hidden] * phi_layers, 0.0, nn.ReLU())
         self.rho = nn.Sequential(nn.Dropout(dropout), mlp([hidden + 1, hidden, n_dim], 0.0, nn.Tanh()))
 
     def embed(self, records: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,11 @@ class SetEncoder(nn.Module):
 
     def forward(self, records: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.pool(self.embed(records), mask)
+
+    def encode_lazy(self, records, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """forward(records[index], mask) for a LazyRecords: the first layer from its projected tables."""
+        first = self.phi[0]
+        return self.pool(self.phi[1:](records.first_layer(first.weight, first.bias, index)), mask)
 
     def pool_rows(self, records: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pool(embed(records[index]), mask) for index/mask [B, K, M] without building the [B, K, M, hidden]
@@ -112,6 +117,17 @@ class ConditionedDecoder(nn.Module):
         key, rates = records[..., : -self.rates_dim], records[..., -self.rates_dim :]
         code = code.unsqueeze(-2).expand(*key.shape[:-1], code.shape[-1])
         recon = self.net(torch.cat([code, key], dim=-1))
+        return self._masked_mse(recon, rates, mask)
+
+    def loss_lazy(self, code: torch.Tensor, records, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """loss(code, records[index], mask) for a LazyRecords: the first layer from its projected tables, and the
+        code's share of it computed once per subset."""
+        first = self.net[0]
+        w_code, w_key = first.weight.split([code.shape[-1], first.weight.shape[1] - code.shape[-1]], dim=1)
+        hidden = records.first_layer(w_key, first.bias, index) + (code @ w_code.T).unsqueeze(-2)
+        return self._masked_mse(self.net[1:](hidden), records.tail(index, self.rates_dim), mask)
+
+    def _masked_mse(self, recon: torch.Tensor, rates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weight = mask.to(recon.dtype).unsqueeze(-1)
         return (((recon - rates) ** 2) * weight).sum() / (weight.sum() * self.rates_dim).clamp(min=1.0)
 
@@ -128,9 +144,13 @@ class Predictor(nn.Module):
     """
 
     def __init__(self, n_dim: int, user_dim: int, item_dim: int, context_dim: int, hidden: int,
-                 dropout: float, n_rates: int, biases: bool = False):
+                 dropout: float, n_rates: int, biases: bool = False, dot_head: bool = False):
         super().__init__()
         self.n_dim, self.biases = n_dim, biases
+        # A weighted dot product of the two vectors added to the outputs, beside the network (as NeuMF's GMF part).
+        self.dot = nn.Linear(n_dim, n_rates, bias=False) if dot_head else None
+        if self.dot is not None:
+            nn.init.zeros_(self.dot.weight)
         # Star output = mean + user bias + item bias + network (all on the [-1, 1] scale); vectors then
         # carry the bias as their last component. The mean is set from the data, not trained.
         if biases:
@@ -144,6 +164,8 @@ class Predictor(nn.Module):
         n = self.n_dim
         u, i = user_vec[..., :n], item_vec[..., :n]
         out = self.heads(self.body(torch.cat([u, i, u * i, user_data, item_data, context], dim=-1)))
+        if self.dot is not None:
+            out = out + self.dot(u * i)
         return self._add_biases(out, user_vec[..., n], item_vec[..., n]) if self.biases else out
 
     def _add_biases(self, out: torch.Tensor, user_bias: torch.Tensor, item_bias: torch.Tensor) -> torch.Tensor:
@@ -174,6 +196,8 @@ class Predictor(nn.Module):
         for layer in list(self.body)[2:]:
             hidden = layer(hidden)
         out = self.heads(hidden)
+        if self.dot is not None:  # [n_items, N] x [B, N, n_rates]
+            out = out + torch.matmul(i, (self.dot.weight.unsqueeze(0) * u.unsqueeze(1)).transpose(1, 2))
         if not self.biases:
             return out
         return self._add_biases(out, user_vec[:, n].unsqueeze(1), item_vec[:, n].unsqueeze(0))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -55,6 +56,21 @@ class LazyRecords:
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         row = self.rows[index]
         return torch.cat([self.entity_part[self.other[row]], self.row_part[row]], dim=-1)
+
+    def first_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        """F.linear(self[index][..., :weight.shape[1]], weight, bias) without gathering the records: the weights
+        of the per-entity part are applied to the small per-entity table once and the projected rows gathered,
+        so the widest part of each record costs no matmul per record."""
+        row = self.rows[index]
+        width = self.entity_part.shape[1]
+        projected = self.entity_part @ weight[:, :width].T  # [other side's entities, out]
+        own = self.row_part[row] if weight.shape[1] - width == self.row_part.shape[1] else \
+            self.row_part[row][..., :weight.shape[1] - width]
+        return F.embedding(self.other[row], projected) + F.linear(own, weight[:, width:], bias)
+
+    def tail(self, index: torch.Tensor, width: int) -> torch.Tensor:
+        """self[index][..., -width:] (the last columns of the rating's own part: its rates)."""
+        return self.row_part[self.rows[index]][..., -width:]
 
 
 def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Generator,

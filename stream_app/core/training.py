@@ -178,10 +178,10 @@ class Trainer:
         vectors, recon = {}, 0.0
         for side in SIDES:
             entity = td.entity[side][rows]
-            codes, subset, mask = self._encode_subsets(td, side, records[side], entity, rows)
+            codes, index, mask = self._encode_subsets(td, side, records[side], entity, rows)
             # the reconstruction of one subset per example: each decoded record costs about as much as
             # encoding it, and the train_k subsets of an example reconstruct much the same ratings
-            recon = recon + self.model.decoder(side).loss(codes[:, :1], subset[:, :1], mask[:, :1])
+            recon = recon + self._recon_loss(side, codes[:, :1], records[side], index[:, :1], mask[:, :1])
             vectors[side] = td.vectors(side, self.model.to_vector(side, codes.mean(dim=1)), rows)
         out = self.model.predictor(vectors["user"], td.features["user"][td.entity["user"][rows]],
                                    vectors["item"], td.features["item"][td.entity["item"][rows]],
@@ -207,21 +207,30 @@ class Trainer:
         for side in SIDES:
             has = torch.nonzero(td.groups[side].count > 0).flatten()
             entity = has[torch.randint(len(has), (self.config.batch_size,), generator=self.generator)]
-            codes, subset, mask = self._encode_subsets(td, side, records[side], entity.to(self.device), None)
-            loss = loss + self.model.decoder(side).loss(codes, subset, mask)
+            codes, index, mask = self._encode_subsets(td, side, records[side], entity.to(self.device), None)
+            loss = loss + self._recon_loss(side, codes, records[side], index, mask)
         self._step(loss)
         return loss.detach()
 
-    def _encode_subsets(self, td, side, records, entity, rows):
-        """Codes [B, train_k, N] of sampled subsets, leaving out the rating being predicted."""
+    def _encode_subsets(self, td, side, records: LazyRecords, entity, rows):
+        """(codes [B, train_k, N], record index, mask) of sampled subsets, leaving out the rating being predicted."""
         g = td.groups[side]
         entity_cpu = entity.cpu()
         exclude = g.position[rows.cpu()] if rows is not None else None
         count = self._small_pools(g.count[entity_cpu], exclude)
         pos, mask = sample_positions(count, self.config.train_k, self.config.m_records, self.generator, exclude)
-        subset = records[subset_index(g.start[entity_cpu], pos, records)]
+        index = subset_index(g.start[entity_cpu], pos, records)
         mask = mask.to(self.device)
-        return self.model.encoder(side)(subset, mask), subset, mask
+        encoder = self.model.encoder(side)
+        if isinstance(records, LazyRecords) and hasattr(encoder, "encode_lazy"):  # no [B, k, M, record] tensor
+            return encoder.encode_lazy(records, index, mask), index, mask
+        return encoder(records[index], mask), index, mask
+
+    def _recon_loss(self, side: str, codes, records, index, mask) -> torch.Tensor:
+        decoder = self.model.decoder(side)
+        if isinstance(records, LazyRecords) and hasattr(decoder, "loss_lazy"):
+            return decoder.loss_lazy(codes, records, index, mask)
+        return decoder.loss(codes, records[index], mask)
 
     def _small_pools(self, count: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
         """Counts cut to a pool of c ~ U{1..2M} ratings for a `small_pool_fraction` of the examples.
