@@ -267,3 +267,17 @@ def test_scoring_many_items_is_the_predictor_on_every_pair(dot_head):
     pairs = p(uv.repeat_interleave(items, 0), ud.repeat_interleave(items, 0), iv.repeat(users, 1),
               idata.repeat(users, 1), ctx.repeat_interleave(items, 0)).view(users, items, 2)
     torch.testing.assert_close(scored, pairs, rtol=1e-4, atol=1e-5)
+
+
+def test_with_a_linear_rho_the_mean_of_k_codes_pools_all_their_records():
+    from stream_app.core.networks import SetEncoder
+
+    torch.manual_seed(0)
+    enc = SetEncoder(record_dim=5, m=4, hidden=16, n_dim=3, dropout=0.0, phi_layers=1, rho="linear").eval()
+    records = torch.randn(2, 6, 4, 5)  # 2 entities, 6 full subsets of 4 records each
+    mask = torch.ones(2, 6, 4, dtype=torch.bool)
+    mean_of_codes = enc(records, mask).mean(dim=1)
+    pooled = enc(records.view(2, 1, 24, 5), torch.ones(2, 1, 24, dtype=torch.bool))[:, 0]
+    # equal up to the record-count input (4 records per subset against 24): that part is one constant shift
+    shift = enc.rho[1][0].weight[:, -1] * (np.log1p(4) - np.log1p(24)) / np.log1p(4)
+    torch.testing.assert_close(mean_of_codes, pooled + shift, rtol=1e-5, atol=1e-5)

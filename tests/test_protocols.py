@@ -60,6 +60,18 @@ def test_warm_reports_our_model_and_baselines_side_by_side(split, rec):
     ours = result["systems"]["aevec"]
     assert ours["n"] == len(split.test) and 0 <= ours["thumbs"]["accuracy"] <= 1 and 0 <= ours["thumbs"]["auc"] <= 1
     assert result["systems"]["als-mf"]["train_seconds"] > 0
+    for system in result["systems"].values():  # every test rating in one bin of its user's and its item's history
+        for side in ("user", "item"):
+            assert sum(b["n"] for b in system[f"by_{side}_history"].values()) == len(split.test)
+
+
+def test_rmse_by_history_bins_the_test_ratings():
+    from stream_app.evaluation.metrics import rmse_by_history
+
+    pred, truth = np.array([3.0, 4.0, 2.0, 5.0]), np.array([3.0, 2.0, 2.0, 4.0])
+    bins = rmse_by_history(pred, truth, np.array([0, 19, 20, 250]), (0, 20, 200))
+    assert bins == {"0-19": {"n": 2, "rmse": pytest.approx(np.sqrt(2.0))}, "20-199": {"n": 1, "rmse": 0.0},
+                    "200+": {"n": 1, "rmse": 1.0}}
 
 
 # ---- prequential ---------------------------------------------------------------------------

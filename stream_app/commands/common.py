@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from stream_app.core.config import ENCODERS, OBJECTIVES, ModelConfig
+from stream_app.core.config import ENCODERS, OBJECTIVES, RHOS, ModelConfig
 from stream_app.errors import UsageError
 
 # Hyperparameters that must be >= 1 (0 rounds would write an untrained model).
@@ -58,6 +58,8 @@ CONFIG_HELP = {
     "objective": "joint: encoders and predictor trained together; reconstruct: autoencoders first, then the "
                  "predictor",
     "hidden": "hidden units of the encoders and decoders",
+    "rho": "the set encoder's network after pooling: mlp (hidden layer, tanh) or linear (the code affine in "
+           "the pooled mean)",
     "phi_layers": "layers of the set encoder's per-record network before pooling (1, 2 or 3)",
     "predictor_hidden": "hidden units of the rating predictor",
     "dot_head": "add a weighted dot product of the user and item vectors to the predictor's outputs",
@@ -102,7 +104,7 @@ def add_config_flags(parser) -> None:
             group.add_argument(flag, dest=f"cfg_{f.name}", type=_parse_bool, default=None, metavar="BOOL",
                                help=text)
         else:
-            choices = {"encoder": ENCODERS, "objective": OBJECTIVES}.get(f.name)
+            choices = {"encoder": ENCODERS, "objective": OBJECTIVES, "rho": RHOS}.get(f.name)
             group.add_argument(flag, dest=f"cfg_{f.name}", type=kind, default=None, choices=choices,
                                metavar=f.name.upper() if choices is None else None, help=text)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 ENCODERS = ("set", "concat")
 OBJECTIVES = ("joint", "reconstruct")
+RHOS = ("mlp", "linear")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class ModelConfig:
     # Layers of the set encoder's per-record network before pooling. With 1, each record costs a gather and a
     # small matmul (its first layer is applied to per-entity tables, records.LazyRecords.first_layer).
     phi_layers: int = 2
+    # The set encoder's network after pooling: "mlp" (hidden layer, tanh) or "linear" (the code affine in the
+    # pooled mean, so averaging K codes pools all their records: see networks.SetEncoder)
+    rho: str = "mlp"
     predictor_hidden: int = 64
     dot_head: bool = False  # add a weighted dot product of the two vectors to the predictor's outputs
     dropout: float = 0.1
@@ -92,6 +96,8 @@ class ModelConfig:
             raise ValueError(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.rho not in RHOS:
+            raise ValueError(f"rho must be one of {RHOS}, not {self.rho!r}")
         if self.phi_layers not in (1, 2, 3):
             raise ValueError("phi_layers must be 1, 2 or 3")
         if not 1 <= self.m_records <= 64:

@@ -23,8 +23,8 @@ class AEVecModel(nn.Module):
         user_record = self.vector_dim + item_dim + context_dim + rates_dim
         item_record = self.vector_dim + user_dim + context_dim + rates_dim
         enc, dec = ENCODER_CLASSES[config.encoder], DECODER_CLASSES[config.encoder]
-        self.user_encoder = enc(user_record, m, h, n, p, config.phi_layers)
-        self.item_encoder = enc(item_record, m, h, n, p, config.phi_layers)
+        self.user_encoder = enc(user_record, m, h, n, p, config.phi_layers, config.rho)
+        self.item_encoder = enc(item_record, m, h, n, p, config.phi_layers, config.rho)
         self.user_decoder = dec(user_record, m, h, n, p, rates_dim)
         self.item_decoder = dec(item_record, m, h, n, p, rates_dim)
         self.predictor = Predictor(n, user_dim, item_dim, context_dim, config.predictor_hidden, p, rates_dim,

@@ -33,7 +33,8 @@ class ConcatEncoder(nn.Module):
     entities with fewer than M ratings), so `mask` is not used here.
     """
 
-    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2):
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2,
+                 rho: str = "mlp"):
         super().__init__()
         self.m = m
         self.net = mlp([m * record_dim, hidden, hidden, n_dim], dropout, nn.Tanh())
@@ -45,13 +46,18 @@ class ConcatEncoder(nn.Module):
 class SetEncoder(nn.Module):
     """Permutation-invariant encoder: rho(masked mean of phi(record)), plus the record count."""
 
-    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2):
+    def __init__(self, record_dim: int, m: int, hidden: int, n_dim: int, dropout: float, phi_layers: int = 2,
+                 rho: str = "mlp"):
         super().__init__()
         self.m = m
         # No dropout per record: it costs more than the rest of the step on CPU, and the random
         # subsets already regularise; dropout acts after pooling.
         self.phi = mlp([record_dim] + [hidden] * phi_layers, 0.0, nn.ReLU())
-        self.rho = nn.Sequential(nn.Dropout(dropout), mlp([hidden + 1, hidden, n_dim], 0.0, nn.Tanh()))
+        # "linear": the code is affine in the pooled mean, so the mean of K codes is the code of all K subsets'
+        # records pooled together: an entity's vector keeps sharpening with its history instead of averaging
+        # what each M-subset alone can say.
+        sizes = [hidden + 1, n_dim] if rho == "linear" else [hidden + 1, hidden, n_dim]
+        self.rho = nn.Sequential(nn.Dropout(dropout), mlp(sizes, 0.0, None if rho == "linear" else nn.Tanh()))
 
     def embed(self, records: torch.Tensor) -> torch.Tensor:
         return self.phi(records)

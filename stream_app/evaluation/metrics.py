@@ -13,6 +13,28 @@ def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))), "n": int(len(err))}
 
 
+HISTORY_BINS = (0, 20, 50, 100, 200)  # lower edges of the bins of an entity's training ratings
+
+
+def rmse_by_history(pred: np.ndarray, truth: np.ndarray, history: np.ndarray,
+                    edges: tuple[int, ...] = HISTORY_BINS) -> dict[str, dict]:
+    """RMSE of the test ratings binned by how many training ratings their user (or item) had:
+    {"0-19": {"n", "rmse"}, ..., "200+": ...}; empty bins are left out.
+
+    >>> rmse_by_history(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 3.0]), np.array([5, 30, 300]), (0, 20))
+    {'0-19': {'n': 1, 'rmse': 0.0}, '20+': {'n': 2, 'rmse': 0.7071067811865476}}
+    """
+    out = {}
+    for k, lo in enumerate(edges):
+        hi = edges[k + 1] if k + 1 < len(edges) else None
+        chosen = (history >= lo) & (history < hi) if hi is not None else history >= lo
+        if chosen.any():
+            name = f"{lo}-{hi - 1}" if hi is not None else f"{lo}+"
+            out[name] = {"n": int(chosen.sum()),
+                         "rmse": float(np.sqrt(np.mean((pred[chosen] - truth[chosen]) ** 2)))}
+    return out
+
+
 def auc(score: np.ndarray, label: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN if one class is empty."""
     score, label = np.asarray(score, np.float64), np.asarray(label).astype(bool)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stream_app.data.dataset import RatingData, Split
-from stream_app.evaluation.metrics import rating_metrics, thumbs_metrics
+from stream_app.evaluation.metrics import rating_metrics, rmse_by_history, thumbs_metrics
 from stream_app.evaluation.tuning import BaselineSet, describe, prepare
 
 if TYPE_CHECKING:
@@ -24,15 +24,31 @@ def warm(split: Split, rec=None, baselines=None, peers: dict | None = None, log=
     if isinstance(baselines, BaselineSet):
         baselines = baselines.without_rankers("warm")
     prepared = prepare(baselines, split.train, log)
+    history = training_history(split)
     systems = {}
     if rec is not None:
-        systems["aevec"] = evaluate_warm(rec, split.test)
+        systems["aevec"] = evaluate_warm(rec, split.test, history)
         systems["aevec"]["model_version"] = rec.model_version
     for name, make in {**prepared.factories, **(peers or {})}.items():
         log(f"warm: fitting {name} on {len(split.train)} ratings")
         model = make().fit(split.train)
-        systems[name] = evaluate_baseline_warm(model, split.test)
+        systems[name] = evaluate_baseline_warm(model, split.test, history)
     return {"protocol": "warm", "systems": systems, **describe(split, prepared.record, _seed(baselines))}
+
+
+def training_history(split: Split) -> dict[str, np.ndarray]:
+    """Per test rating, how many training ratings its user and its item have (split.train and split.test share
+    their indices)."""
+    train, test = split.train, split.test
+    return {"user": np.bincount(train.user, minlength=test.n_users)[test.user],
+            "item": np.bincount(train.item, minlength=test.n_items)[test.item]}
+
+
+def _by_history(pred: np.ndarray, truth: np.ndarray, history: dict | None) -> dict:
+    """The test RMSE binned by the user's and by the item's training ratings (evaluation.metrics)."""
+    if history is None:
+        return {}
+    return {f"by_{side}_history": rmse_by_history(pred, truth, counts) for side, counts in history.items()}
 
 
 def _seed(baselines) -> int | None:
@@ -69,21 +85,22 @@ def predict_aligned_rates(rec: Recommender, data: RatingData) -> np.ndarray:
     return rec.predict_rates(vecs["user"], feats["user"], vecs["item"], feats["item"], data.ts)
 
 
-def evaluate_warm(rec: Recommender, test: RatingData) -> dict:
-    """RMSE/MAE of the stars head and thumbs accuracy/AUC of the thumbs head on `test`."""
+def evaluate_warm(rec: Recommender, test: RatingData, history: dict | None = None) -> dict:
+    """RMSE/MAE of the stars head and thumbs accuracy/AUC of the thumbs head on `test` (and, given each test
+    rating's user and item `history` counts, the RMSE per bin of them)."""
     started = time.perf_counter()
     rates = predict_aligned_rates(rec, test)
-    metrics = rating_metrics(rates[:, 0], test.rating)
+    metrics = {**rating_metrics(rates[:, 0], test.rating), **_by_history(rates[:, 0], test.rating, history)}
     metrics["thumbs"] = thumbs_metrics(rates[:, 1], test.rating, rec.schema.thumbs_threshold)
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 
 
-def evaluate_baseline_warm(model, test: RatingData) -> dict:
+def evaluate_baseline_warm(model, test: RatingData, history: dict | None = None) -> dict:
     """RMSE/MAE of a fitted baseline; thumbs from its predicted stars (up when >= 3.5 on 1..5)."""
     started = time.perf_counter()
     pred = model.predict(test.user, test.item)
-    metrics = rating_metrics(pred, test.rating)
+    metrics = {**rating_metrics(pred, test.rating), **_by_history(pred, test.rating, history)}
     lo, hi = test.rating_scale
     metrics["thumbs"] = thumbs_metrics(pred, test.rating, lo + 0.75 * (hi - lo), lo + 0.625 * (hi - lo))
     metrics["thumbs"]["from"] = "predicted stars"
