@@ -3,6 +3,11 @@
 
     python bench/ablation.py --run base='{"biases": false}' --run biases='{}' --json out.json --png out.png
     python bench/ablation.py --replot out.json --png out.png   # redraw from a JSON
+    python bench/ablation.py --artifact wide=model_artifacts/A --artifact base=model_artifacts/B --json out.json
+
+--artifact NAME=DIR collects a run already trained by `recsys train` (e.g. several trained side by side, one
+torch thread each): its config (manifest.json) and its training_history.json; changed fields are listed
+against the defaults.
 
 Each run is one `Trainer.fit` of `ModelConfig(**json)` (defaults for the rest) with torch threads set by
 --threads. Runs are sequential: wall times are comparable only on a quiet machine (the JSON records the
@@ -28,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="u1")
     p.add_argument("--run", action="append", default=[], metavar="NAME=JSON",
                    help="a config to train: NAME='{\"field\": value, ...}' (repeatable)")
+    p.add_argument("--artifact", action="append", default=[], metavar="NAME=DIR",
+                   help="collect an artifact trained by `recsys train` instead of training (repeatable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="bench/results/ablation.json")
     p.add_argument("--png", default="bench/results/ablation.png")
@@ -36,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         plot(json.loads(Path(args.replot).read_text()), args.png)
         return 0
-    if not args.run:
-        p.error("give at least one --run NAME=JSON")
+    if not args.run and not args.artifact:
+        p.error("give at least one --run NAME=JSON or --artifact NAME=DIR")
     results = {"data": args.data, "split": args.split, "threads": args.threads, "machine": platform.machine(),
                "hyperparameter_source": "the configs given; test ratings are reported, never used to choose",
                "runs": {}}
+    for spec in args.artifact:
+        name, _, folder = spec.partition("=")
+        results["runs"][name] = collect_artifact(Path(folder))
+        print(row(name, results["runs"][name]), flush=True)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
     for spec in args.run:
         name, _, text = spec.partition("=")
         results["runs"][name] = train_one(args, json.loads(text or "{}"))
@@ -78,10 +91,30 @@ def train_one(args, overrides: dict) -> dict:
             "load_average": [load_before, os.getloadavg()[0]]}
 
 
+def collect_artifact(folder: Path) -> dict:
+    """A run trained by `recsys train`, in train_one's shape (config: the fields that differ from the defaults)."""
+    from dataclasses import asdict
+
+    from stream_app.core.config import ModelConfig
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    history = json.loads((folder / "training_history.json").read_text())
+    defaults = asdict(ModelConfig())
+    chosen = ("foldin_prior", "popularity_weight")  # written back after training: not what was asked for
+    changed = {k: v for k, v in manifest["config"].items() if k not in chosen and defaults.get(k) != v}
+    return {"config": changed, "artifact": str(folder), "model_version": manifest["model_version"],
+            "valid_rmse_per_round": [r["valid_rmse"] for r in history["rounds"]],
+            "valid_rmse_frozen": history.get("valid_rmse_frozen"),
+            "test_rmse": (history.get("test") or {}).get("rmse"), "train_seconds": history["train_seconds"],
+            "torch_threads": history.get("torch_threads"),
+            "chosen": {k: history[k]["chosen"] for k in chosen if isinstance(history.get(k), dict)},
+            "load_average": None}
+
+
 def row(name: str, r: dict) -> str:
     test = "-" if r["test_rmse"] is None else f"{r['test_rmse']:.4f}"
-    return (f"{name:24s} valid(frozen) {r['valid_rmse_frozen']:.4f}  test {test}  "
-            f"{r['train_seconds']:.0f} s  load {r['load_average'][0]:.1f}->{r['load_average'][1]:.1f}")
+    load = "" if not r.get("load_average") else f"  load {r['load_average'][0]:.1f}->{r['load_average'][1]:.1f}"
+    return f"{name:24s} valid(frozen) {r['valid_rmse_frozen']:.4f}  test {test}  {r['train_seconds']:.0f} s{load}"
 
 
 def plot(results: dict, out: str) -> None:

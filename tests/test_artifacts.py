@@ -199,3 +199,20 @@ def test_prune_keeps_the_newest_and_always_current(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m9.tmp", "current", "m0.checkpoint", "m1", "m4"]
     assert prune_artifacts(tmp_path, keep=1) == [tmp_path / "m4"]  # never current
     assert (tmp_path / "m1").is_dir()
+
+
+def test_an_artifact_from_before_a_config_field_existed_loads_as_it_was_trained(small_model, tmp_path):
+    from stream_app.core.artifacts import LEGACY_CONFIG
+
+    _, split, _ = small_model
+    legacy = {k: v for k, v in LEGACY_CONFIG.items() if k != "biases"}
+    rec, _ = Trainer(ModelConfig(**TINY, **legacy), FeatureSchema.fit(split.train), "cpu", progress=False).fit(
+        split.train, log=lambda *a: None)
+    path = save_artifact(rec, tmp_path / "old", data_name="synthetic")
+    manifest = json.loads((path / MANIFEST).read_text())
+    for key in legacy:  # written by a version that did not know these fields
+        del manifest["config"][key]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    loaded = load_artifact(path)
+    assert {k: getattr(loaded.model.config, k) for k in legacy} == legacy
+    assert np.array_equal(predict_dataset(loaded, split.test), predict_dataset(rec, split.test))

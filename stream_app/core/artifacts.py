@@ -86,6 +86,10 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
     return out
 
 
+# What an artifact written before a config field existed was trained with (its manifest lacks the field).
+LEGACY_CONFIG = {"biases": False, "phi_layers": 2, "rho": "mlp", "dot_head": False}
+
+
 def load_artifact(path: str | Path) -> Recommender:
     """Load and verify an artifact folder (or an artifacts folder with a `current` pointer)."""
     path = resolve_artifact(path)
@@ -97,7 +101,7 @@ def load_artifact(path: str | Path) -> Recommender:
             raise ArtifactError(f"{path / name} does not match its checksum in {MANIFEST}: "
                                 "the file was changed or corrupted; refusing to load it")
     try:
-        config = ModelConfig.from_dict({"biases": False, **manifest["config"]})  # older artifacts had no biases
+        config = ModelConfig.from_dict({**LEGACY_CONFIG, **manifest["config"]})
         schema = FeatureSchema.from_dict(manifest["schema"])
         dims = manifest["dims"]
         model = AEVecModel(config, dims["user"], dims["item"], dims["context"], dims["rates"])

@@ -30,11 +30,14 @@ class Param:
 
 # What is searched, and over which ranges (METHOD.md: N 16..64, M 5..9, K 24..64).
 SEARCH_SPACE: tuple[Param, ...] = (
-    Param("n_dim", "choice", choices=(16, 24, 32, 48)),
+    Param("n_dim", "choice", choices=(16, 24, 32, 48, 64)),
     Param("m_records", "int", 5, 9),
     Param("k_samples", "choice", choices=(24, 32, 48, 64)),
-    Param("hidden", "choice", choices=(48, 64, 96, 128)),
+    Param("hidden", "choice", choices=(48, 64, 96, 128, 192)),
+    Param("phi_layers", "choice", choices=(1, 2)),
+    Param("rho", "choice", choices=("mlp", "linear")),
     Param("predictor_hidden", "choice", choices=(64, 128)),
+    Param("dot_head", "choice", choices=(False, True)),
     Param("lr", "log", 5e-4, 5e-3),
     Param("weight_decay", "log", 1e-6, 1e-3),
     Param("dropout", "float", 0.0, 0.3),
