@@ -6,8 +6,7 @@
     python bench/ablation.py --artifact wide=model_artifacts/A --artifact base=model_artifacts/B --json out.json
 
 --artifact NAME=DIR collects a run already trained by `recsys train` (e.g. several trained side by side, one
-torch thread each): its config (manifest.json) and its training_history.json; changed fields are listed
-against the defaults.
+torch thread each): its config (manifest.json) and its training_history.json.
 
 Each run is one `Trainer.fit` of `ModelConfig(**json)` (defaults for the rest) with torch threads set by
 --threads. Runs are sequential: wall times are comparable only on a quiet machine (the JSON records the
@@ -92,17 +91,13 @@ def train_one(args, overrides: dict) -> dict:
 
 
 def collect_artifact(folder: Path) -> dict:
-    """A run trained by `recsys train`, in train_one's shape (config: the fields that differ from the defaults)."""
-    from dataclasses import asdict
-
-    from stream_app.core.config import ModelConfig
-
+    """A run trained by `recsys train`, in train_one's shape (config: all of it but the values chosen on validation
+    at the end of training)."""
     manifest = json.loads((folder / "manifest.json").read_text())
     history = json.loads((folder / "training_history.json").read_text())
-    defaults = asdict(ModelConfig())
     chosen = ("foldin_prior", "popularity_weight")  # written back after training: not what was asked for
-    changed = {k: v for k, v in manifest["config"].items() if k not in chosen and defaults.get(k) != v}
-    return {"config": changed, "artifact": str(folder), "model_version": manifest["model_version"],
+    return {"config": {k: v for k, v in manifest["config"].items() if k not in chosen}, "artifact": str(folder),
+            "model_version": manifest["model_version"],
             "valid_rmse_per_round": [r["valid_rmse"] for r in history["rounds"]],
             "valid_rmse_frozen": history.get("valid_rmse_frozen"),
             "test_rmse": (history.get("test") or {}).get("rmse"), "train_seconds": history["train_seconds"],
