@@ -113,24 +113,15 @@ def row(name: str, r: dict) -> str:
 
 
 def plot(results: dict, out: str) -> None:
-    import matplotlib
+    from stream_app.evaluation.plots import plot_lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    series = {}
     for name, r in results["runs"].items():
-        ys = r["valid_rmse_per_round"]
-        frozen = r["valid_rmse_frozen"]
+        ys, frozen = r["valid_rmse_per_round"], r["valid_rmse_frozen"]
         label = f"{name} (frozen {frozen:.4f})" if frozen is not None else f"{name} (unfinished)"
-        ax.plot(range(1, len(ys) + 1), ys, marker=".", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("validation RMSE (stars)")
-    ax.set_title(f"ablation on {results['data']} {results['split']}: validation RMSE per round")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        series[label] = (list(range(1, len(ys) + 1)), ys)
+    plot_lines(series, out, "round", "validation RMSE (stars)",
+               f"ablation on {results['data']} {results['split']}: validation RMSE per round", marker=".")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -36,22 +39,11 @@ def table(summary: dict) -> str:
 
 
 def plot(summary: dict, out: Path) -> None:
-    import matplotlib
+    from stream_app.evaluation.plots import plot_lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = range(len(summary["splits"]))
-    for name, s in summary["systems"].items():
-        ax.plot(x, list(s["per_split"].values()), marker="o", label=f"{name} (mean {s['mean']:.4f})")
-    ax.set_xticks(list(x), summary["splits"])
-    ax.set_ylabel("test RMSE (stars)")
-    ax.set_title(f"warm RMSE per split ({summary['data']})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    series = {f"{name} (mean {s['mean']:.4f})": (summary["splits"], list(s["per_split"].values()))
+              for name, s in summary["systems"].items()}
+    plot_lines(series, out, "split", "test RMSE (stars)", f"warm RMSE per split ({summary['data']})")
 
 
 def main(argv: list[str] | None = None) -> int:

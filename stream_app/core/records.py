@@ -64,8 +64,7 @@ class LazyRecords:
         row = self.rows[index]
         width = self.entity_part.shape[1]
         projected = self.entity_part @ weight[:, :width].T  # [other side's entities, out]
-        own = self.row_part[row] if weight.shape[1] - width == self.row_part.shape[1] else \
-            self.row_part[row][..., :weight.shape[1] - width]
+        own = self.row_part[row][..., :weight.shape[1] - width]  # the decoders' key stops before the rates
         return F.embedding(self.other[row], projected) + F.linear(own, weight[:, width:], bias)
 
     def tail(self, index: torch.Tensor, width: int) -> torch.Tensor:
