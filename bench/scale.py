@@ -108,7 +108,7 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
     step_seconds = (time.perf_counter() - started) / args.steps
     started = time.perf_counter()
     for side in SIDES:
-        trainer._refine(td, side, records[side], state.tables, trainer.loo)
+        trainer.refiner.refine(td, side, records[side], state.tables, trainer.loo, trainer._needs_loo())
     refine_seconds = time.perf_counter() - started
     out["train"] = {"eligible_ratings": len(eligible), "batch_size": cfg.batch_size,
                     "steps_per_epoch": steps_per_epoch, "steps_timed": args.steps, "seconds_per_step": step_seconds,

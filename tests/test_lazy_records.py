@@ -73,7 +73,7 @@ def test_refinement_targets_and_leave_one_out_match_the_materialised_records(dat
     trainer.model.eval()
     records = {"lazy": td.records(side, tables), "full": materialised(td, side, tables)}
     with torch.no_grad():  # a small budget: several chunks
-        lazy, full = twice(trainer, lambda kind: trainer._targets(td, side, records[kind], budget=4000))
+        lazy, full = twice(trainer, lambda kind: trainer.refiner.targets(td, side, records[kind], budget=4000))
     for a, b in zip(lazy, full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
