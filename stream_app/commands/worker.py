@@ -37,6 +37,7 @@ def run(args) -> int:
     from stream_app.worker.app import create_app
 
     app = create_app(settings)
+    memory.freeze_startup_objects()  # a takeover's rebalance then no longer walks them (Faust's gc.collect())
     print(f"serving model {app.runtime.model_version} from {settings.artifacts_dir} on {settings.broker_url}; "
           f"metrics on http://localhost:{settings.web_port}/metrics", flush=True)
     worker = Worker(app, loglevel=args.log_level, quiet=args.quiet)
