@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator
 import faust
 from aiokafka.errors import IllegalStateError
 from faust.streams import _current_event
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream_app.settings import Settings
@@ -355,8 +356,18 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
+class _TableManager(TableManager):
+    async def on_start(self) -> None:
+        # Faust sleeps 1 s first, for tables declared after the app started: the worker declares all of them
+        # before, and that second was a sixth of a restart's time to serve again
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class FastFetchApp(faust.App):
-    """faust.App with the at-least-once consumer above, whose fetches wait at most `fetch_max_wait` seconds.
+    """faust.App with the at-least-once consumer above, whose fetches wait at most `fetch_max_wait` seconds,
+    and whose table manager starts recovering at once.
 
     Faust hardcodes 1.5 s; tansu holds a fetch for that long even when some data is there, so every hop of
     the pipeline (ratings -> item-updates -> ...) would cost up to it.
@@ -364,6 +375,7 @@ class FastFetchApp(faust.App):
 
     def __init__(self, *args, fetch_max_wait: float = Settings.fetch_max_wait, **kwargs):
         self.fetch_max_wait_ms = max(int(fetch_max_wait * 1000), 1)
+        kwargs.setdefault("TableManager", _TableManager)
         super().__init__(*args, **kwargs)
 
     def _new_transport(self):
