@@ -21,7 +21,6 @@ import argparse
 import cProfile
 import io
 import json
-import platform
 import pstats
 import sys
 import time
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from stream import QUICK, artifact, rating_events
+    from stream import QUICK, artifact, git_commit, machine, rating_events
 
     from stream_app.core.artifacts import load_artifact
     from stream_app.settings import Settings
@@ -140,8 +139,9 @@ def main(argv=None) -> int:
     result = {"ratings": n, "batch": args.batch, "recommend_on_rating": args.recommend == "on",
               "seconds": elapsed, "ratings_per_s": n / elapsed, "ms_per_rating": per_rating,
               "outputs_per_rating": {k: v / n for k, v in sorted(counts.items())},
-              "model": rec.model_version, "machine": platform.machine(), "python": platform.python_version(),
-              "profiled": bool(profiler), "command": "python bench/processing.py " + " ".join(argv or sys.argv[1:])}
+              "model": rec.model_version, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "git": git_commit(), "machine": machine(), "profiled": bool(profiler),
+              "command": "python bench/processing.py " + " ".join(argv or sys.argv[1:])}
     print(f"{n} ratings in batches of {args.batch}, recommendations {args.recommend}: {elapsed:.1f} s, "
           f"{n / elapsed:,.0f} ratings/s{' (under cProfile: slower)' if profiler else ''}")
     print(f"{'stage':<28} {'ms/rating':>9}")
