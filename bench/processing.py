@@ -71,8 +71,7 @@ def run_side(side: str, events, table: dict, cache, ctx, stages: Stages, rekey: 
     stages.timed(side, "encode + store rows", store)
 
     def values():
-        return [json.dumps(o.value.to_representation() if hasattr(o.value, "to_representation") else o.value)
-                .encode() for o in out.outputs]
+        return [json.dumps(o.payload()).encode() for o in out.outputs]
 
     return out, stages.timed(side, "output values", values)
 
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     from stream_app.stream.metrics import StreamMetrics
     from stream_app.stream.processing import Context, RateLimiter, RawEvent
     from stream_app.stream.service import FoldInService
-    from stream_app.worker.topics import internal_topic
+    from stream_app.worker.topics import internal_topic, rekey_topics
 
     torch.set_num_threads(1)  # as the worker
     rec = load_artifact(artifact(QUICK))
@@ -103,7 +102,8 @@ def main(argv=None) -> int:
     settings = Settings(recommend_on_rating=args.recommend == "on")
     service = FoldInService.from_settings(rec, settings)
     ctx = Context(service, settings, StreamMetrics(), lambda topic, key: 0, RateLimiter(settings.recommend_interval))
-    rekey = frozenset((settings.topic_ratings, settings.topic_users, settings.topic_requests, settings.topic_items))
+    rekey = rekey_topics(settings)
+    forward_topic = internal_topic(settings)
     events = rating_events(rec.ids, popularity / popularity.sum(), args.ratings, np.random.default_rng(1),
                            distinct_users=False)
     raw = [RawEvent(settings.topic_ratings, 0, n, e["user_id"].encode(), json.dumps(e).encode(), e["ts"])
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         for o in out.outputs:
             counts[o.topic] += 1
             if o.topic == "item_updates":
-                forwards.append(RawEvent(internal_topic(settings), 0, offset, o.key.encode(),
-                                         json.dumps(o.value.to_representation()).encode(), o.timestamp))
+                forwards.append(RawEvent(forward_topic, 0, offset, o.key.encode(), json.dumps(o.payload()).encode(),
+                                         o.timestamp))
                 offset += 1
         out, _ = run_side("item", forwards, tables["item"], caches["item"], ctx, stages, rekey)
         for o in out.outputs:

@@ -62,7 +62,7 @@ def run_checked(table: Table, raw: list[RawEvent], ctx: Context, side: str):
     assert set(reasons) <= set(ev.REASONS) and not out.rekeys
     assert len(out.dead_letters) + len(out.counts) == len(raw)  # each event applied, a duplicate or dead-lettered
     for o in out.outputs:
-        value = o.value.to_representation() if hasattr(o.value, "to_representation") else o.value
+        value = o.payload()
         orjson.dumps(value)  # what the worker's JSON serializer does with it
         if o.topic in ("user_vectors", "item_vectors"):
             assert all(math.isfinite(x) for x in value["vector"]) and value["model_version"] == ctx.model_version
@@ -87,7 +87,7 @@ def test_any_batches_through_both_sides(rec, data):
     forwards = []
     for batch in (first, second + first[: len(first) // 2]):  # the second batch re-delivers half the first
         out = run_checked(user_rows, batch, ctx, "user")
-        forwards += [(INTERNAL, orjson.dumps(o.value.to_representation())) for o in out.outputs
+        forwards += [(INTERNAL, orjson.dumps(o.payload())) for o in out.outputs
                      if o.topic == "item_updates"]
     item_side = data.draw(st.lists(pooled("item", users, items).map(lambda raw: (TOPICS["item"], raw)), max_size=4))
     mixed = data.draw(st.permutations(forwards + forwards[:2] + item_side)) if forwards or item_side else []

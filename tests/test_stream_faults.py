@@ -104,6 +104,12 @@ def send_paced(worker: Worker, events: list[dict], pause: float, at: dict | None
     return thread
 
 
+def send_to_kill_point(worker: Worker, events: list[dict]) -> tuple[threading.Thread, threading.Event]:
+    """Send `events` 10 ms apart (send_paced); the event is set once all but the last KILL9_TAIL were sent."""
+    reached = threading.Event()
+    return send_paced(worker, events, 0.01, at={len(events) - KILL9_TAIL: reached.set}), reached
+
+
 def check_windows(states: dict, expected: dict[str, list[float]], what: str) -> None:
     """Each entity's stored window holds exactly its ratings (identified by their unique ts), each once."""
     for entity, stamps in expected.items():
@@ -405,8 +411,7 @@ def test_kill_9_mid_stream_then_restart_accounts_for_every_rating(kafka_broker, 
     try:
         w.start()
         events = kill9_events("k9")
-        reached = threading.Event()
-        sender = send_paced(w, events, 0.01, at={len(events) - KILL9_TAIL: reached.set})
+        sender, reached = send_to_kill_point(w, events)
         w.wait_for("user_vectors", lambda k, v: True, count=40, timeout=60)
         assert reached.wait(60)
         w.kill()  # mid-stream: no commit, no flush, no shutdown
@@ -508,8 +513,7 @@ def test_two_workers_kill_9_one_the_survivor_takes_over_and_accounts_for_every_r
         victim.start(alone=False)
         wait_for_split(survivor, victim)
         events = kill9_events(f"so{standbys}")
-        reached = threading.Event()
-        sender = send_paced(survivor, events, 0.01, at={len(events) - KILL9_TAIL: reached.set})
+        sender, reached = send_to_kill_point(survivor, events)
         wait_metric(victim, ok, 30, timeout=60)  # both are busy: the kill hits the stream mid-flight
         wait_metric(survivor, ok, 30, timeout=60)
         assert reached.wait(60)

@@ -18,9 +18,10 @@ from stream_app.stream.metrics import StreamMetrics
 from stream_app.stream.processing import Context, RateLimiter, RawEvent, prepare, read_rows
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
+from stream_app.worker.topics import rekey_topics
 
 SETTINGS = Settings(window_user=8, window_item=8, top_n=5)
-REKEY = frozenset((SETTINGS.topic_ratings, SETTINGS.topic_users, SETTINGS.topic_requests, SETTINGS.topic_items))
+REKEY = rekey_topics(SETTINGS)
 _offsets = itertools.count()
 
 

@@ -62,6 +62,10 @@ class Output(NamedTuple):
     timestamp: float | None = None  # the record's timestamp (forwards keep their rating's)
     metric: str | None = None  # event-to-publish latency label (None: not measured)
 
+    def payload(self) -> Any:
+        """The JSON-ready value (events' dataclasses give their wire representation)."""
+        return self.value.to_representation() if hasattr(self.value, "to_representation") else self.value
+
 
 class Rekey(NamedTuple):
     event: RawEvent

@@ -76,7 +76,7 @@ class Runtime:
         inputs = tp.input_topics(s)
         self.user_inputs = app.topic(*inputs["user"], **raw)
         self.item_inputs = app.topic(*inputs["item"], **raw)
-        self.rekey_topics = frozenset((s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items))
+        self.rekey_topics = tp.rekey_topics(s)
         self.raw_topics = {name: app.topic(name, **raw) for name in self.rekey_topics}
         out = dict(key_type=bytes, key_serializer="raw", value_serializer="json")
         self.outputs = {"item_updates": app.topic(tp.internal_topic(s), **out),
@@ -175,8 +175,7 @@ class Runtime:
         now = time.time()
         for o in out.outputs:
             topic = self.outputs[o.topic]
-            value = o.value.to_representation() if hasattr(o.value, "to_representation") else o.value
-            await topic.send(key=o.key.encode(), value=value, timestamp=o.timestamp)
+            await topic.send(key=o.key.encode(), value=o.payload(), timestamp=o.timestamp)
             self.metrics.published.labels(topic=topic.get_topic_name()).inc()
             if o.metric is not None:
                 for event in o.sources:

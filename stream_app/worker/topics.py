@@ -28,6 +28,12 @@ def input_topics(settings: Settings) -> dict[str, tuple[str, ...]]:
     return {"user": (s.topic_ratings, s.topic_users, s.topic_requests), "item": (s.topic_items, internal_topic(s))}
 
 
+def rekey_topics(settings: Settings) -> frozenset[str]:
+    """The public input topics: an event there on the wrong partition for its id is sent again keyed by it."""
+    s = settings
+    return frozenset((s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items))
+
+
 def topic_partitions(settings: Settings) -> dict[str, int]:
     s = settings
     names = (s.topic_ratings, s.topic_users, s.topic_requests, s.topic_items, internal_topic(s),
