@@ -168,7 +168,7 @@ def micro(artifacts: Path, repeats: int) -> dict:
 
     mf = timed(mf_top, repeats * 3)
     return {"foldin_vectors_per_s": {"ours": ours, "als": als_rate, "window": window,
-                                     "k_samples": rec.model.config.k_samples, "m_records": rec.model.config.m_records},
+                                     "k_samples": rec.config.k_samples, "m_records": rec.config.m_records},
             "top10_ms": {"ours": top10["ms"], "mf": mf * 1e3, "items": top10["items"], "exact": top10["exact_ms"],
                          "recall_at_10": top10["recall_at_10"], "two_stage": top10["two_stage"]},
             "top10_big_ms": {"ours": top10_big["ms"], "items": top10_big["items"], "exact": top10_big["exact_ms"],

@@ -60,7 +60,7 @@ def test_round_trip_gives_identical_predictions_and_fold_ins(small_model, artifa
     manifest = read_manifest(artifact)
     assert manifest["config"]["n_dim"] == 6 and manifest["schema"]["rating_scale"] == [1.0, 5.0]
     assert len(manifest["data"]["fingerprint"]) == 64
-    assert manifest["breathing_offset"]["user"] == pytest.approx(rec.model.user_offset.tolist())
+    assert manifest["breathing_offset"]["user"] == pytest.approx(rec.net.state["user_offset"].tolist())
     assert list(rec.rated_items(0)) == list(loaded.rated_items(0))
 
 
@@ -214,5 +214,5 @@ def test_an_artifact_from_before_a_config_field_existed_loads_as_it_was_trained(
         del manifest["config"][key]
     (path / MANIFEST).write_text(json.dumps(manifest))
     loaded = load_artifact(path)
-    assert {k: getattr(loaded.model.config, k) for k in legacy} == legacy
+    assert {k: getattr(loaded.config, k) for k in legacy} == legacy
     assert np.array_equal(predict_dataset(loaded, split.test), predict_dataset(rec, split.test))

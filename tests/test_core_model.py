@@ -9,8 +9,9 @@ import torch
 from stream_app.baselines import BiasOnly
 from stream_app.core.bulk import fold_in_dataset, rmse_of
 from stream_app.core.config import ModelConfig
+from stream_app.core.inference import seeded_positions
 from stream_app.core.model import AEVecModel
-from stream_app.core.records import Groups, sample_positions, sample_positions_seeded
+from stream_app.core.records import Groups, sample_positions
 from stream_app.core.training import Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
@@ -91,8 +92,8 @@ def test_sampled_subsets_are_distinct_and_exclude_the_target():
 
 
 def test_fewer_than_m_ratings_fill_with_replacement_and_mask():
-    pos, mask = sample_positions_seeded(torch.tensor([3]), k=4, m=6, seeds=[1])
-    assert mask.sum(-1).eq(3).all()
+    pos, mask = seeded_positions(np.array([3]), k=4, m=6, seeds=[1])
+    assert (mask.sum(-1) == 3).all()
     assert (pos < 3).all()
     assert sorted(pos[0, 0, :3].tolist()) == [0, 1, 2]
 
@@ -209,9 +210,9 @@ def test_top_n_ranks_by_stars_plus_the_popularity_term(trained, monkeypatch):
     rec, _ = trained
     stars = np.array([4.0, 4.2, 3.0, 4.1])
     counts = np.array([200.0, 0.0, 1000.0, 3.0])
-    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.0)
+    monkeypatch.setattr(rec.config, "popularity_weight", 0.0)
     assert [i for i, _ in rec.top_n(stars, counts, 4)] == [1, 3, 0, 2]  # stars alone
-    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
+    monkeypatch.setattr(rec.config, "popularity_weight", 0.5)
     top = rec.top_n(stars, counts, 3, exclude={2})
     # 4.0 + 0.5 ln 201 = 6.65 > 4.1 + 0.5 ln 4 = 4.79 > 4.2 + 0 = 4.2; excluded rows never appear
     assert top == [(0, 4.0), (3, 4.1), (1, 4.2)]
@@ -237,12 +238,12 @@ def test_fold_in_shrinks_few_ratings_toward_the_cold_start_vector(planted, train
     for records in (one, many):
         raw = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=0.0)[0]
         shrunk = rec.fold_in("user", [records], side[:1], entity_keys=[5], prior=4.0)[0]
-        n, codes = len(records), rec.model.config.n_dim
+        n, codes = len(records), rec.config.n_dim
         np.testing.assert_allclose(shrunk[:codes], (n * raw[:codes] + 4.0 * cold[:codes]) / (n + 4.0),
                                    rtol=1e-5, atol=1e-6)
         # the bias: a ridge estimate around the cold-start bias, whatever the code prior
-        residual = records[:, -2] - float(rec.model.predictor.global_mean) - records[:, codes]
-        r = rec.model.config.bias_reg
+        residual = records[:, -2] - float(rec.net.predictor.global_mean) - records[:, codes]
+        r = rec.config.bias_reg
         for vector in (raw, shrunk):
             expected = (residual.sum() + r * cold[codes]) / (n + r)
             np.testing.assert_allclose(vector[codes], expected, rtol=1e-5, atol=1e-6)

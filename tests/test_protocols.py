@@ -109,7 +109,7 @@ def test_prequential_updates_move_the_baselines_and_chunking_changes_the_result(
 
 
 def test_prequential_moves_our_vectors_with_frozen_networks(split, rec):
-    weights = {k: v.clone() for k, v in rec.model.state_dict().items()}
+    weights = {k: v.copy() for k, v in rec.net.state.items()}
     trained = rec.vectors["user"].copy()
     stream = AEVecStream(rec, split.train)
     out = run_prequential([stream], split.test, limit=40)["aevec"]
@@ -117,7 +117,7 @@ def test_prequential_moves_our_vectors_with_frozen_networks(split, rec):
     moved = np.unique(split.test.user[split.test.time_order()[:40]])
     assert not np.allclose(stream.vectors["user"][moved], trained[moved])
     assert np.array_equal(rec.vectors["user"], trained)  # the model's own tables are untouched
-    assert all(np.array_equal(v, weights[k]) for k, v in rec.model.state_dict().items())
+    assert all(np.array_equal(v, weights[k]) for k, v in rec.net.state.items())
 
 
 # ---- top-N -----------------------------------------------------------------------------------

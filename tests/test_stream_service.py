@@ -167,10 +167,10 @@ def test_streamed_item_counts_reach_the_ranking(rec, svc, monkeypatch):
     svc.fold_in_items({"hit": state})
     row = svc.catalogue.index_of("hit")
     assert svc.catalogue.counts[row] == 3
-    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.0)
+    monkeypatch.setattr(rec.config, "popularity_weight", 0.0)
     before = [i for i, _ in svc.recommend("stranger", None, n=len(svc.catalogue), ts=1.7e9)].index("hit")
     svc.catalogue.upsert("hit", count=1e6)  # as a catalogue entry from another worker would set it
-    monkeypatch.setattr(rec.model.config, "popularity_weight", 0.5)
+    monkeypatch.setattr(rec.config, "popularity_weight", 0.5)
     assert svc.recommend("stranger", None, n=1, ts=1.7e9)[0][0] == "hit" and before > 0
 
 

@@ -75,14 +75,14 @@ def test_serving_constants_are_chosen_on_the_validation_ratings(split):
     prior = report["foldin_prior"]
     assert prior["source"] == "validation" and prior["chosen"] in FOLDIN_PRIORS
     assert prior["validation_rmse"][f"{prior['chosen']:g}"] == min(prior["validation_rmse"].values())
-    assert rec.model.config.foldin_prior == prior["chosen"]
+    assert rec.config.foldin_prior == prior["chosen"]
     weight = report["popularity_weight"]
     assert weight["source"] == "validation" and weight["chosen"] in POPULARITY_WEIGHTS
-    assert rec.model.config.popularity_weight == weight["chosen"]
+    assert rec.config.popularity_weight == weight["chosen"]
     assert config.foldin_prior == 3.0  # the caller's config is not changed
 
     fixed = ModelConfig(**TINY, valid_fraction=0.2, choose_on_validation=False, foldin_prior=3.0)
     rec, report = Trainer(fixed, FeatureSchema.fit(split.train), "cpu", progress=False).fit(
         split.train, log=lambda *_: None, calibrate=calibrate_popularity)
     assert "foldin_prior" not in report and "popularity_weight" not in report
-    assert rec.model.config.foldin_prior == 3.0 and rec.model.config.popularity_weight == 1.0
+    assert rec.config.foldin_prior == 3.0 and rec.config.popularity_weight == 1.0

@@ -26,12 +26,10 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file as load_torch
-from safetensors.torch import save_file as save_torch
 
 from stream_app.core.config import ModelConfig
 from stream_app.core.foldin import History, Recommender
-from stream_app.core.model import AEVecModel
+from stream_app.core.inference import FrozenNetworks
 from stream_app.data.features import FeatureSchema
 from stream_app.errors import ArtifactError
 
@@ -57,7 +55,7 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700 whatever the umask
-        save_torch({k: v.contiguous() for k, v in rec.model.state_dict().items()}, str(tmp / WEIGHTS))
+        save_numpy({k: np.ascontiguousarray(v) for k, v in rec.net.state.items()}, str(tmp / WEIGHTS))
         save_numpy(_vector_tensors(rec), str(tmp / VECTORS))
         weights_sha = _sha256(tmp / WEIGHTS)
         manifest = {
@@ -65,11 +63,11 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
             "format_version": FORMAT_VERSION,
             "model_version": f"{out.name}@{weights_sha[:12]}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": rec.model.config.to_dict(),
-            "dims": rec.model.dims,
+            "config": rec.config.to_dict(),
+            "dims": rec.net.dims,
             "schema": rec.schema.to_dict(),
             "ids": rec.ids,
-            "breathing_offset": {s: rec.model.offset(s).tolist() for s in ("user", "item")},
+            "breathing_offset": {s: rec.net.state[f"{s}_offset"].tolist() for s in ("user", "item")},
             "metrics": metrics or {},
             "data": _data_summary(rec, data_name),
             "files": {WEIGHTS: weights_sha, VECTORS: _sha256(tmp / VECTORS)},
@@ -91,7 +89,7 @@ LEGACY_CONFIG = {"biases": False, "phi_layers": 2, "rho": "mlp", "dot_head": Fal
 
 
 def load_artifact(path: str | Path) -> Recommender:
-    """Load and verify an artifact folder (or an artifacts folder with a `current` pointer)."""
+    """Load and verify an artifact folder (or an artifacts folder with a `current` pointer); no torch needed."""
     path = resolve_artifact(path)
     manifest = read_manifest(path)
     for name, digest in manifest["files"].items():
@@ -104,10 +102,10 @@ def load_artifact(path: str | Path) -> Recommender:
         config = ModelConfig.from_dict({**LEGACY_CONFIG, **manifest["config"]})
         schema = FeatureSchema.from_dict(manifest["schema"])
         dims = manifest["dims"]
-        model = AEVecModel(config, dims["user"], dims["item"], dims["context"], dims["rates"])
-        model.load_state_dict(load_torch(str(path / WEIGHTS)))
+        model = FrozenNetworks(config, {k: int(dims[k]) for k in ("user", "item", "context", "rates")},
+                               load_numpy(str(path / WEIGHTS)))
         arrays = load_numpy(str(path / VECTORS))
-    except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, SafetensorError) as exc:
         raise ArtifactError(f"{path} is corrupt or inconsistent: {exc}") from None
     ids = manifest["ids"]
     if len(ids["user"]) != len(arrays["user_vectors"]) or len(ids["item"]) != len(arrays["item_vectors"]):

@@ -13,10 +13,9 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from stream_app.core.model import AEVecModel
-from stream_app.core.records import encode_entities, pack_record_sets
+from stream_app.core.config import ModelConfig
+from stream_app.core.inference import FrozenNetworks, pack_record_sets
 
 SIDES = ("user", "item")
 
@@ -41,13 +40,21 @@ class History:
 
 
 class Recommender:
-    """Frozen model + trained entity vectors. All indices are dense model indices."""
+    """Frozen model + trained entity vectors. All indices are dense model indices.
 
-    def __init__(self, model: AEVecModel, schema, user_ids: list[str], item_ids: list[str],
+    `model`: the trained torch AEVecModel (kept as .model, for training's freezing step) or, as loaded from an
+    artifact, FrozenNetworks alone (.model is None). Either way inference runs in numpy (.net, inference.py).
+    """
+
+    def __init__(self, model, schema, user_ids: list[str], item_ids: list[str],
                  user_vectors: np.ndarray, item_vectors: np.ndarray,
                  user_features: np.ndarray, item_features: np.ndarray,
                  history: History | None = None, model_version: str = "dev", seed: int = 0):
-        self.model = model.eval()
+        if isinstance(model, FrozenNetworks):
+            self.model, self.net = None, model
+        else:
+            self.model = model.eval()
+            self.net = FrozenNetworks.from_torch(model)
         self.schema = schema
         self.model_version = model_version
         self.seed = seed
@@ -71,9 +78,13 @@ class Recommender:
         return self._item_counts[1]
 
     @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
     def n_dim(self) -> int:
         """Width of an ID vector: the code size N, plus one for the bias when the model has biases."""
-        return self.model.vector_dim
+        return self.net.vector_dim
 
     # ---- records -------------------------------------------------------------------------
     def records(self, side: str, other_vectors: np.ndarray, other_features: np.ndarray,
@@ -92,7 +103,6 @@ class Recommender:
         return self.records(side, self.vectors[o][other_index], self.features[o][other_index], ts, rates)
 
     # ---- fold-in ---------------------------------------------------------------------------
-    @torch.no_grad()
     def fold_in(self, side: str, record_sets: list[np.ndarray], side_data: np.ndarray,
                 entity_keys: list[int | str] | None = None, seed: int | None = None,
                 prior: float | None = None) -> np.ndarray:
@@ -103,27 +113,23 @@ class Recommender:
         prior: pseudo-rating weight of the cold-start vector (default: the config's foldin_prior).
         """
         b = len(record_sets)
-        side_data = torch.as_tensor(np.asarray(side_data, np.float32).reshape(b, -1))
-        out = self.model.cold_vectors(side, side_data)
+        out = self.cold_vectors(side, np.asarray(side_data, np.float32).reshape(b, -1))
         records, start, count = pack_record_sets(record_sets)
         has = count > 0
-        if bool(has.any()):
+        if has.any():
             keys = list(range(b)) if entity_keys is None else list(entity_keys)
             seed = self.seed if seed is None else seed
-            seeds = [entity_seed(seed, side, keys[i]) for i in torch.nonzero(has).flatten().tolist()]
-            codes = encode_entities(self.model.encoder(side), records, start[has], count[has],
-                                    self.model.config.k_samples, seeds=seeds)
-            vectors = self.model.to_vector(side, codes.mean(dim=1))
-            if self.model.config.biases:
-                vectors = torch.cat([vectors, self.model.fold_bias(records, count[has]).unsqueeze(1)], dim=1)
-            out[has] = self.model.shrink_to_cold(vectors, out[has], count[has], prior)
-        return out.numpy()
+            seeds = [entity_seed(seed, side, keys[i]) for i in np.flatnonzero(has).tolist()]
+            out[has] = self.net.fold_in(side, records, start[has], count[has], seeds, out[has], prior)
+        return out
+
+    def cold_vectors(self, side: str, side_data: np.ndarray) -> np.ndarray:
+        """Cold-start vectors [B, N] from encoded side data [B, user_dim or item_dim]."""
+        return self.net.cold_vectors(side, np.asarray(side_data, np.float32)).astype(np.float32, copy=False)
 
     def cold_vector(self, side: str, side_dict: dict) -> np.ndarray:
         encode = self.schema.encode_user if side == "user" else self.schema.encode_item
-        data = torch.as_tensor(encode(side_dict), dtype=torch.float32).view(1, -1)
-        with torch.no_grad():
-            return self.model.cold_vectors(side, data)[0].numpy()
+        return self.cold_vectors(side, np.asarray(encode(side_dict), np.float32).reshape(1, -1))[0]
 
     def vector_for_user(self, item_ids: list[str], ratings: list[float], ts: list[float],
                         side: dict | None = None, user_id: str | None = None) -> np.ndarray:
@@ -148,30 +154,25 @@ class Recommender:
         return self.fold_in(side, [recs], np.asarray(data)[None], entity_keys=[key])[0]
 
     # ---- prediction --------------------------------------------------------------------------
-    @torch.no_grad()
     def predict_rates(self, user_vecs, user_data, item_vecs, item_data, ts) -> np.ndarray:
         """[B, 2]: predicted stars (on the rating scale) and thumbs-up probability."""
-        t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731  (a copy: inputs may be read-only views)
         context = self.schema.encode_context(np.asarray(ts))
-        raw = self.model.predictor(t(user_vecs), t(user_data), t(item_vecs), t(item_data), t(context))
-        stars = self.schema.decode_stars(raw[:, 0].clamp(-1, 1).numpy())
-        return np.stack([stars, torch.sigmoid(raw[:, 1]).numpy()], axis=1)
+        raw = self.net.predictor(*(_f32(a) for a in (user_vecs, user_data, item_vecs, item_data, context)))
+        stars = self.schema.decode_stars(np.clip(raw[:, 0], -1, 1))
+        return np.stack([stars, 1.0 / (1.0 + np.exp(-raw[:, 1]))], axis=1)
 
-    @torch.no_grad()
-    def item_part(self, item_vecs: np.ndarray, item_data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_part(self, item_vecs: np.ndarray, item_data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What scoring these items needs once (see score_items): (item vectors, their first-layer share)."""
-        vecs = torch.from_numpy(np.array(item_vecs, np.float32))
-        return vecs, self.model.predictor.item_part(vecs, torch.from_numpy(np.array(item_data, np.float32)))
+        vecs = _f32(item_vecs)
+        return vecs, self.net.predictor.item_part(vecs, _f32(item_data))
 
-    @torch.no_grad()
-    def score_items(self, items: tuple[torch.Tensor, torch.Tensor], user_vecs, user_data, ts) -> np.ndarray:
+    def score_items(self, items: tuple[np.ndarray, np.ndarray], user_vecs, user_data, ts) -> np.ndarray:
         """[B, n_items] predicted stars of every item (`items` from item_part) for B users at times ts [B];
         the same numbers as predict_rates()[:, 0] on every pair, with the item side computed once."""
-        t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
         vecs, part = items
-        raw = self.model.predictor.score_items(part, vecs, t(user_vecs), t(user_data),
-                                               t(self.schema.encode_context(np.asarray(ts))))
-        return self.schema.decode_stars(raw[..., 0].clamp(-1, 1).numpy())
+        raw = self.net.predictor.score_items(part, vecs, _f32(user_vecs), _f32(user_data),
+                                             _f32(self.schema.encode_context(np.asarray(ts))))
+        return self.schema.decode_stars(np.clip(raw[..., 0], -1, 1))
 
     def predict(self, user: int, items: np.ndarray, ts: float | None = None,
                 user_vector: np.ndarray | None = None, user_data: np.ndarray | None = None) -> np.ndarray:
@@ -186,7 +187,7 @@ class Recommender:
 
     def rank_scores(self, stars: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
         """What top-N lists rank by: predicted stars + popularity_weight * ln(1 + ratings of the item)."""
-        return popularity_ranked(stars, item_counts, self.model.config.popularity_weight)
+        return popularity_ranked(stars, item_counts, self.config.popularity_weight)
 
     def top_n(self, stars: np.ndarray, item_counts: np.ndarray, n: int,
               exclude: np.ndarray | set | None = None) -> list[tuple[int, float]]:
@@ -233,6 +234,10 @@ def entity_seed(seed: int, side: str, key: int | str) -> int:
         key = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     mix = np.random.SeedSequence([seed, SIDES.index(side), int(key) & 0xFFFFFFFFFFFFFFFF])
     return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _now() -> float:

@@ -99,54 +99,7 @@ def sample_positions(count: torch.Tensor, k: int, m: int, generator: torch.Gener
     return pos, mask
 
 
-def sample_positions_seeded(count: torch.Tensor, k: int, m: int, seeds: list[int]
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like sample_positions (without exclusion), but entity b's subsets depend only on seeds[b]:
-    a vector folded in alone or inside any batch comes out the same."""
-    b = len(seeds)
-    pos = np.zeros((b, k, m), dtype=np.int64)
-    mask = np.zeros((b, k, m), dtype=bool)
-    for row, (n, seed) in enumerate(zip(count.tolist(), seeds, strict=True)):
-        if n == 0:
-            continue
-        rng = np.random.default_rng(seed)
-        take = min(n, m)
-        pos[row, :, :take] = np.argsort(rng.random((k, n)), axis=1)[:, :take]
-        if take < m:
-            pos[row, :, take:] = rng.integers(0, n, size=(k, m - take))
-        mask[row, :, :take] = True
-    return torch.from_numpy(pos), torch.from_numpy(mask)
-
-
-def encode_entities(encoder: torch.nn.Module, records: torch.Tensor, start: torch.Tensor,
-                    count: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                    exclude: torch.Tensor | None = None, seeds: list[int] | None = None) -> torch.Tensor:
-    """Codes [B, k, N] of B entities from k random M-subsets of their records.
-
-    records: flat [n_records, D]; entity b owns records[start[b]:start[b]+count[b]].
-    Sampling uses `seeds` (one per entity) when given, else `generator`.
-    """
-    if seeds is not None:
-        pos, mask = sample_positions_seeded(count, k, encoder.m, seeds)
-    else:
-        pos, mask = sample_positions(count, k, encoder.m, generator, exclude)
-    index, mask = subset_index(start, pos, records), mask.to(records.device)
-    if hasattr(encoder, "pool_rows") and not encoder.training:
-        # Set encoder at inference: embed each record once, then pool the subsets.
-        return encoder.pool_rows(records, index, mask)
-    return encoder(records[index], mask)
-
-
 def subset_index(start: torch.Tensor, pos: torch.Tensor, records: torch.Tensor | LazyRecords) -> torch.Tensor:
     """Row numbers into `records` of sampled positions (sampling runs on the CPU)."""
     index = start.cpu().view(-1, 1, 1) + pos
     return index.clamp(max=max(len(records) - 1, 0)).to(records.device)
-
-
-def pack_record_sets(sets: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flatten a list of per-entity record arrays [n_b, D] into (records, start, count)."""
-    count = torch.tensor([len(s) for s in sets], dtype=torch.long)
-    start = torch.cumsum(count, 0) - count
-    dim = next((s.shape[1] for s in sets if len(s)), 0)
-    flat = np.concatenate([s for s in sets if len(s)]) if int(count.sum()) else np.zeros((0, dim))
-    return torch.as_tensor(flat, dtype=torch.float32), start, count

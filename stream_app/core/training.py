@@ -327,12 +327,11 @@ class Trainer:
             if has.any():
                 rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
                                          torch.from_numpy(rec.vectors[side][has]))
-            raw[side], counts[side] = torch.from_numpy(rec.vectors[side]), torch.from_numpy(counts[side])
-            cold[side] = rec.model.cold_vectors(side, torch.from_numpy(rec.features[side]))
+            raw[side], cold[side] = rec.vectors[side], rec.cold_vectors(side, rec.features[side])
 
         def shrink(prior: float) -> None:
             for side in SIDES:
-                rec.vectors[side] = rec.model.shrink_to_cold(raw[side], cold[side], counts[side], prior).numpy()
+                rec.vectors[side] = rec.net.shrink_to_cold(raw[side], cold[side], counts[side], prior)
 
         if valid is not None:
             scores = {}

@@ -195,11 +195,7 @@ def refresh_item_window(state: EntityState, rec) -> None:
         else:
             unknown.append(j)
     if unknown:
-        import torch
-
-        feats = to_dense([win[j].features for j in unknown], rec.schema.user_dim)
-        with torch.no_grad():
-            cold = rec.model.cold_vectors("user", torch.as_tensor(feats)).numpy()
+        cold = rec.cold_vectors("user", to_dense([win[j].features for j in unknown], rec.schema.user_dim))
         for row, j in enumerate(unknown):
             win[j] = win[j]._replace(vector=cold[row].astype(np.float32))
 
@@ -207,15 +203,12 @@ def refresh_item_window(state: EntityState, rec) -> None:
 def swap_catalogue(old_service, new_service) -> int:
     """Carry streamed items the new artifact does not know into the new service's catalogue (side data kept,
     cold-start vector of the new model until re-folded). Returns how many were carried over."""
-    import torch
-
     old, new = old_service.catalogue, new_service.catalogue
     extra = [(i, row) for row, i in enumerate(old.ids) if i not in new]
     if not extra:
         return 0
     feats = np.stack([old.features[row] for _, row in extra]).astype(np.float32)
-    with torch.no_grad():
-        cold = new_service.rec.model.cold_vectors("item", torch.as_tensor(feats)).numpy()
+    cold = new_service.rec.cold_vectors("item", feats)
     for (item_id, row), vector, f in zip(extra, cold, feats, strict=True):
         new.upsert(item_id, vector, f, old.counts[row])
     return len(extra)

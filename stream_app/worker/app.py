@@ -254,12 +254,9 @@ def _header(message, name: str) -> bytes | None:
     return None
 
 def load_model(settings: Settings):
-    import torch
-
     from stream_app.core.artifacts import load_artifact
 
-    torch.set_num_threads(1)
-    return load_artifact(settings.artifacts_dir)
+    return load_artifact(settings.artifacts_dir)  # numpy only: serving never imports torch (core/inference.py)
 
 def create_app(settings: Settings | None = None, recommender=None, metrics: StreamMetrics | None = None) -> RecsysApp:
     """A Faust app serving `recommender` (default: the model in settings.artifacts_dir)."""

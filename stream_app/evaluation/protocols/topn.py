@@ -58,21 +58,17 @@ def served_stars(rec, ts: float | None = None):
 def aevec_scorer(rec, ts: float | None = None, popularity: bool = True):
     """Scorer of our model. popularity: rank as the service does (Recommender.rank_scores: predicted stars
     plus the popularity term); else the predictor's unclamped stars output alone."""
-    import torch
-
     if popularity:
         stars = served_stars(rec, ts)
         return lambda user: rec.rank_scores(stars(user), rec.item_counts)
     n_items = len(rec.vectors["item"])
-    context = torch.as_tensor(rec.schema.encode_context(np.full(n_items, scoring_time(rec, ts))), dtype=torch.float32)
-    items_v = torch.as_tensor(rec.vectors["item"])
-    items_f = torch.as_tensor(rec.features["item"])
+    context = rec.schema.encode_context(np.full(n_items, scoring_time(rec, ts))).astype(np.float32)
+    items_v, items_f = rec.vectors["item"], rec.features["item"]
 
-    @torch.no_grad()
     def stars_only(user: int) -> np.ndarray:
-        uv = torch.as_tensor(rec.vectors["user"][user]).expand(n_items, -1)
-        uf = torch.as_tensor(rec.features["user"][user]).expand(n_items, -1)
-        return rec.model.predictor(uv, uf, items_v, items_f, context)[:, 0].numpy()
+        uv = np.broadcast_to(rec.vectors["user"][user], (n_items, rec.n_dim))
+        uf = np.broadcast_to(rec.features["user"][user], (n_items, rec.features["user"].shape[1]))
+        return rec.net.predictor(uv, uf, items_v, items_f, context)[:, 0]
 
     return stars_only
 
@@ -124,7 +120,7 @@ def topn(split: Split, rec=None, baselines=None, n: int = 10, log=print) -> dict
     rankers such as EASE included) or {name: factory} (popularity weight: our model's)."""
     from stream_app.core.config import ModelConfig
 
-    weight = (rec.model.config if rec is not None else ModelConfig()).popularity_weight
+    weight = (rec.config if rec is not None else ModelConfig()).popularity_weight
     prepared = prepare(baselines, split.train, log)
     scorers = {"popularity": popularity_scorer(split.train)}  # the non-personalised reference
     if rec is not None:
@@ -168,8 +164,8 @@ def tuned_popularity_weight(base, fit: RatingData, valid: RatingData, n: int = 1
 def calibrate_popularity(rec, train: RatingData, valid: RatingData, n: int = 10) -> dict:
     """Set our model's popularity weight (how served lists rank) on validation ratings: the served
     stars plus w ln(1 + ratings), w with the best validation NDCG@n. For Trainer.fit(calibrate=...)."""
-    w, record = tuned_popularity_weight(served_stars(rec), train, valid, n, rec.model.config.seed)
-    rec.model.config.popularity_weight = w
+    w, record = tuned_popularity_weight(served_stars(rec), train, valid, n, rec.config.seed)
+    rec.config.popularity_weight = w
     return {"popularity_weight": record}
 
 

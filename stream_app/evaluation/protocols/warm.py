@@ -79,9 +79,9 @@ def predict_aligned_rates(rec: Recommender, data: RatingData) -> np.ndarray:
         side_dicts = data.users if side == "user" else data.items
         feats[side] = np.stack([rec.features[side][m] if m >= 0 else encode(side_dicts[o])
                                 for m, o in zip(idx, own, strict=True)]) if len(idx) else \
-            np.zeros((0, rec.model.dims[side]), np.float32)
+            np.zeros((0, rec.net.dims[side]), np.float32)
         vecs[side] = np.where((idx >= 0)[:, None], rec.vectors[side][np.maximum(idx, 0)],
-                              rec.model.cold_vectors(side, _tensor(feats[side])).detach().numpy())
+                              rec.cold_vectors(side, feats[side]))
     return rec.predict_rates(vecs["user"], feats["user"], vecs["item"], feats["item"], data.ts)
 
 
@@ -107,9 +107,3 @@ def evaluate_baseline_warm(model, test: RatingData, history: dict | None = None)
     metrics["seconds"] = time.perf_counter() - started
     metrics["train_seconds"] = getattr(model, "train_seconds", None)
     return metrics
-
-
-def _tensor(a: np.ndarray):
-    import torch
-
-    return torch.as_tensor(np.asarray(a, np.float32))
