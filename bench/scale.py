@@ -87,6 +87,7 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
     from stream_app.core.bulk import fold_in_dataset
     from stream_app.core.config import ModelConfig
     from stream_app.core.foldin import SIDES
+    from stream_app.core.freezing import frozen_recommender
     from stream_app.core.training import Trainer
     from stream_app.data.features import FeatureSchema
 
@@ -117,7 +118,7 @@ def measure_ours(n_users: int, n_items: int, args) -> dict:
                     # a step samples subsets with [batch, train_k, widest group in the batch] random keys
                     "widest_group": {side: int(td.groups[side].count.max()) for side in SIDES}}
     del records
-    rec = trainer._recommender(data, td, state)
+    rec = frozen_recommender(trainer.model, trainer.schema, data, td, state.tables)
     out["foldin"] = {side: foldin_rate(rec, data, side, args.foldin_sample, fold_in_dataset) for side in SIDES}
     n_entities = n_users + n_items
     per_second = {side: out["foldin"][side]["vectors_per_second"] for side in SIDES}

@@ -5,7 +5,8 @@ import pytest
 
 from stream_app.core.bulk import rmse_of
 from stream_app.core.config import ModelConfig
-from stream_app.core.training import FOLDIN_PRIORS, Trainer
+from stream_app.core.freezing import FOLDIN_PRIORS
+from stream_app.core.training import Trainer
 from stream_app.data.dataset import random_split
 from stream_app.data.features import FeatureSchema
 from stream_app.data.synthetic import make_synthetic

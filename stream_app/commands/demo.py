@@ -27,15 +27,11 @@ from stream_app.commands.common import show_progress
 from stream_app.commands.demo_display import (
     ARROW,
     DEPTH,
-    STAR,
     TOP,
     Steps,
-    changes,
-    clip,
     duration,
-    ranked_table,
-    title,
 )
+from stream_app.commands.demo_story import Story
 from stream_app.commands.worker_process import Worker, counted, metric_sum, read_metrics
 from stream_app.errors import RecsysError
 from stream_app.settings import Settings, add_setting_flags, settings_from_args
@@ -116,7 +112,6 @@ class Demo:
             out["detail"] = (f"{len(split.train)} ratings, {split.train.n_users} users, {split.train.n_items} "
                              f"items; model {rec.model_version}" + (f", validation RMSE {valid:.3f}" if valid else "")
                              + f"; {self.threads} torch thread{'s' if self.threads > 1 else ''}")
-        self.data = split.train
 
         with steps.step("start the stream worker (recsys worker)", "worker start") as out:
             self.start_worker()
@@ -136,16 +131,17 @@ class Demo:
             total = sum(self.produced[t] for t in self.input_topics())
             out["detail"] = f"{total} events in {seconds:.1f} s ({total / max(seconds, 1e-9):,.0f} events/s)"
 
-        user = self.pick_user(args.user)
+        story = Story(split.train, self.replayed, self.settings.window_user, self.profile.loved, self.profile.hated)
+        user = story.pick_user(args.user)
         with steps.step(f"ask for user {user}'s top-{TOP}", "request") as out:
             before = self.ask(user, n=DEPTH, timeout=30)
             out["detail"] = f"answered in {before.seconds * 1000:.0f} ms"
-        self.print_user(user)
-        print(self.table(before.items[:TOP]))
+        story.print_user(user)
+        print(story.table(before.items[:TOP]))
 
         with steps.step(f"user {user} rates {self.profile.loved + self.profile.hated} films", "new ratings") as out:
-            plan = self.plan_ratings(user, before.items)
-            self.print_plan(plan)
+            plan = story.plan_ratings(user, before.items)
+            story.print_plan(plan)
             self.send_ratings(user, plan)
             self.wait_processed(timeout=60, progress=False)
             out["detail"] = "the worker folded them in"
@@ -153,8 +149,8 @@ class Demo:
         with steps.step(f"ask for user {user}'s top-{TOP} again", "request") as out:
             after = self.ask(user, n=DEPTH, timeout=30)
             out["detail"] = f"answered in {after.seconds * 1000:.0f} ms"
-        print(self.table(after.items[:TOP], before=before.items, rated=plan))
-        self.print_changes(before.items, after.items, plan)
+        print(story.table(after.items[:TOP], before=before.items, rated=plan))
+        story.print_changes(before.items, after.items, plan)
 
         print("summary")
         self.print_summary()
@@ -304,62 +300,6 @@ class Demo:
                                     f"its log ({self.worker.log_path}):\n{self.worker.log_tail()}")
                 time.sleep(0.25)
 
-    # ------------------------------------------------------------------------------------------ the user
-    def rated_by(self, user: str) -> set[str]:
-        d = self.data
-        index = d.user_index().get(user)
-        rated = {d.item_ids[i] for i in d.item[d.user == index]} if index is not None else set()
-        return rated | {r["item_id"] for r in self.replayed if r["user_id"] == user}
-
-    def pick_user(self, wanted: str | None) -> str:
-        if wanted is not None:
-            return str(wanted)
-        counts = Counter(r["user_id"] for r in self.replayed)
-        if not counts:
-            return self.data.user_ids[int(self.data.user[0])]
-        ranked = sorted(counts, key=lambda u: (-counts[u], int(u) if u.isdigit() else 0, u))
-        # The most active in the replay among those whose whole history fits in the worker's fold-in window
-        # (so the new ratings weigh in visibly), else among those who have not rated much of the catalogue.
-        fits = self.settings.window_user - self.profile.loved - self.profile.hated
-        rated = {u: len(self.rated_by(u)) for u in ranked}
-        return next((u for u in ranked if 10 <= rated[u] <= fits),
-                    next((u for u in ranked if rated[u] < 0.3 * self.data.n_items), ranked[0]))
-
-    def side(self, item_id: str) -> dict:
-        index = self.data.item_index().get(item_id)
-        return self.data.items[index] if index is not None else {}
-
-    def plan_ratings(self, user: str, ranked: list[dict]) -> dict[str, float]:
-        """item id -> stars: 5 for popular films of the genre this user rates least (and that its top-10
-        lacks), 1 for its current top items."""
-        d, p = self.data, self.profile
-        rated = self.rated_by(user)
-        top = [e["item_id"] for e in ranked[:TOP]]
-        popularity = Counter(d.item_ids[i] for i in d.item)
-        genre_of_rated = Counter(g for i in rated for g in self.side(i).get("genres", ()))
-        genre_of_top = Counter(g for i in top for g in self.side(i).get("genres", ()))
-        candidates: dict[str, list[str]] = {}
-        for item_id, side in zip(d.item_ids, d.items, strict=True):
-            if item_id in rated or item_id in top:
-                continue
-            for g in side.get("genres", ()):
-                candidates.setdefault(g, []).append(item_id)
-        # a genre with films left over once the user has rated some, so that those can rise
-        genres = ([g for g, items in candidates.items() if len(items) >= p.loved + 3]
-                  or [g for g, items in candidates.items() if len(items) >= p.loved])
-        plan: dict[str, float] = {}
-        if genres:
-            total = max(1, sum(genre_of_rated.values()))
-            self.genre = min(genres, key=lambda g: (genre_of_rated[g] / total + genre_of_top[g] / TOP, g))
-            loved = sorted(candidates[self.genre], key=lambda i: (-popularity[i], i))[: p.loved]
-        else:  # no genres in the side data: popular unrated films
-            self.genre = None
-            loved = sorted((i for i in d.item_ids if i not in rated and i not in top),
-                           key=lambda i: (-popularity[i], i))[: p.loved]
-        plan.update(dict.fromkeys(loved, 5.0))
-        plan.update(dict.fromkeys(top[: p.hated], 1.0))
-        return plan
-
     def send_ratings(self, user: str, plan: dict[str, float]) -> None:
         producer, topic = self.get_producer(), self.settings.topic_ratings
         run_id, now = uuid.uuid4().hex[:8], int(time.time())
@@ -369,34 +309,6 @@ class Demo:
                                                   "user_id": user, "item_id": item_id, "rating": int(stars), "ts": ts})
         producer.flush()
         self.produced[topic] += len(plan)
-
-    # ------------------------------------------------------------------------------------------ printing
-    def title(self, item_id: str) -> str:
-        return title(self.side, item_id)
-
-    def print_user(self, user: str) -> None:
-        d = self.data
-        index = d.user_index().get(user)
-        side = d.users[index] if index is not None else {}
-        about = ", ".join(f"{k} {v}" for k, v in side.items() if k in ("gender", "age", "occupation"))
-        n_train = int((d.user == index).sum()) if index is not None else 0
-        n_replay = sum(1 for r in self.replayed if r["user_id"] == user)
-        genres = Counter(g for i in self.rated_by(user) for g in self.side(i).get("genres", ()))
-        liked = ", ".join(g for g, _ in genres.most_common(3))
-        print(f"      user {user}{f' ({about})' if about else ''}: {n_train} ratings in training, {n_replay} "
-              f"replayed just now" + (f"; mostly {liked}" if liked else ""))
-
-    def print_plan(self, plan: dict[str, float]) -> None:
-        for item_id, stars in plan.items():
-            genres = ", ".join(self.side(item_id).get("genres", ())[:3])
-            why = "a current favourite" if stars == 1 else (f"{self.genre}" if self.genre else "popular")
-            print(f"      {int(stars)}{STAR}  {item_id:>5}  {clip(self.title(item_id), 44):<44}  ({why}; {genres})")
-
-    def table(self, items: list[dict], before: list[dict] | None = None, rated: dict | None = None) -> str:
-        return ranked_table(items, self.side, before)
-
-    def print_changes(self, before: list[dict], after: list[dict], plan: dict[str, float]) -> None:
-        print(changes(before, after, plan, self.side, self.genre))
 
     def print_summary(self) -> None:
         samples = read_metrics(self.worker.web_port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 from stream_app.errors import ServiceError
@@ -31,6 +32,9 @@ def run(args) -> int:
     from stream_app.worker import memory
 
     memory.limit_arenas(settings.malloc_arenas)  # before the imports below start threads
+    # One BLAS thread, read when numpy loads: a worker's matrices are small, and it shares the cores with the
+    # other workers and a retrain (several threads competing for busy cores are several times slower).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     from faust.worker import Worker
 

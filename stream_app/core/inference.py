@@ -2,7 +2,8 @@
 
 Training builds and trains the torch modules of model.py/networks.py; an artifact stores their weights.
 Serving only ever runs them forward, so it reads the same weights into numpy arrays and never imports
-torch: a worker starts ~2 s sooner (torch's import) and small batches skip torch's per-operation cost.
+torch: a worker (re)starts without torch's import, and small batches skip torch's per-operation cost
+(measured in bench/results/issue15/README.md and bench/results/README.md).
 `FrozenNetworks.from_torch` shares the trained model's memory, so in-place changes made while freezing
 (breathing, cold-start regressions, global mean) are seen. tests/test_inference.py checks every method
 against the torch modules.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -26,13 +28,13 @@ class Dense:
     """A torch `mlp()` run forward at eval time: Linear layers, ReLU between them, then `last` (dropout is off)."""
 
     layers: tuple[tuple[np.ndarray, np.ndarray | None], ...]
-    last: str | None  # "relu", "tanh" or None
+    last: Literal["relu", "tanh"] | None
 
     @classmethod
-    def read(cls, state: dict[str, np.ndarray], prefix: str, last: str | None) -> Dense:
+    def read(cls, state: dict[str, np.ndarray], prefix: str, last: Literal["relu", "tanh"] | None) -> Dense:
         """The Linear layers under `prefix` (e.g. "user_encoder.phi."), in their Sequential order."""
-        found = sorted(int(k[len(prefix):].split(".")[0]) for k in state
-                       if k.startswith(prefix) and k.endswith(".weight") and k[len(prefix):].split(".")[0].isdigit())
+        names = (k[len(prefix):] for k in state if k.startswith(prefix))
+        found = sorted(int(n.split(".")[0]) for n in names if n.endswith(".weight") and n.split(".")[0].isdigit())
         if not found:
             raise KeyError(f"no layers under {prefix!r}")
         return cls(tuple((state[f"{prefix}{i}.weight"], state.get(f"{prefix}{i}.bias")) for i in found), last)
@@ -53,17 +55,16 @@ class Dense:
 
 @dataclass(frozen=True)
 class Encoder:
-    kind: str  # "set" or "concat"
+    kind: Literal["set", "concat"]
     m: int
     phi: Dense | None  # set: per record
     rho: Dense  # set: after pooling; concat: the whole network
 
     def codes(self, records: np.ndarray, index: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Codes [B, K, N] of the subsets records[index] ([B, K, M] rows; mask False = filler slot)."""
-        if self.kind == "concat":
-            b, k, m = index.shape
-            return self.rho(records[index].reshape(b, k, -1))
         b, k, m = index.shape
+        if self.kind == "concat":
+            return self.rho(records[index].reshape(b, k, -1))
         flat = index.reshape(-1)
         if flat.size < len(records):  # embed each record used once
             rows, flat = np.unique(flat, return_inverse=True)

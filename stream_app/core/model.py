@@ -89,10 +89,3 @@ class AEVecModel(nn.Module):
         owner = torch.repeat_interleave(torch.arange(len(count)), count)
         total = torch.zeros(len(count), dtype=residual.dtype).index_add_(0, owner, residual)
         return total / (count.to(total.dtype) + self.config.bias_reg).clamp(min=1e-12)
-
-    def fit_cold_start(self, side: str, data: torch.Tensor, vectors: torch.Tensor) -> None:
-        x = torch.cat([data, torch.ones(data.shape[0], 1)], dim=1).double()
-        penalty = self.config.cold_ridge * torch.eye(x.shape[1], dtype=torch.float64)
-        penalty[-1, -1] = 0.0  # the intercept is not shrunk
-        w = torch.linalg.solve(x.T @ x + penalty, x.T @ vectors.double()).float()
-        (self.user_cold if side == "user" else self.item_cold).copy_(w)

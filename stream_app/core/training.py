@@ -22,16 +22,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from stream_app.core.bulk import fold_in_dataset, rmse_of
 from stream_app.core.config import ModelConfig
-from stream_app.core.foldin import SIDES, History, Recommender
+from stream_app.core.foldin import SIDES, Recommender
+from stream_app.core.freezing import freeze, frozen_recommender
 from stream_app.core.model import AEVecModel
 from stream_app.core.records import LazyRecords, sample_positions, subset_index
 from stream_app.core.refinement import Refiner
 from stream_app.core.training_data import TrainingData
 from stream_app.data.dataset import RatingData
-
-FOLDIN_PRIORS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0)  # fold-in priors tried on validation ratings
 
 
 def set_training_threads(requested: int = 0, leave: int = 0) -> int:
@@ -285,64 +283,13 @@ class Trainer:
                 total += float(F.mse_loss(out[:, 0].detach(), td.rates[chunk, 0])) * len(chunk)
             log(f"predictor epoch {epoch + 1}: train rmse {self._to_rmse(total / n):.4f}")
 
-    # ---- freezing: the served vectors ------------------------------------------------------------
+    # ---- freezing: the served vectors (core/freezing.py) --------------------------------------------
     def _freeze(self, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
                 td: TrainingData, state: TrainState, report: dict, log, calibrate=None) -> Recommender:
-        """Recompute every vector with the frozen encoders as serving does, fit cold start."""
-        rec = self._recommender(data, td, state)
-        has_valid = valid_part is not None and len(valid_part) > 0
-        choose = has_valid and self.config.choose_on_validation
-        self._fold_in_all(rec, train_part, valid_part if choose else None, report)
-        if has_valid:
-            rmse = rmse_of(rec, valid_part)
-            report["valid_rmse_frozen"] = rmse
-            log(f"validation rmse with frozen fold-in vectors: {rmse:.4f}"
-                + (f" (fold-in prior {self.config.foldin_prior:g}, chosen on it)" if choose else ""))
-            if choose and calibrate is not None:
-                report.update(calibrate(rec, train_part, valid_part))
-        self._fold_in_all(rec, data)  # absorb the held-out validation ratings too (no training)
-        rec.history = History(data.user, data.item, data.rating, data.ts)
+        rec = freeze(frozen_recommender(self.model, self.schema, data, td, state.tables), data, train_part,
+                     valid_part, report, log, calibrate)
         self.model.to(self.device)
         return rec
-
-    def _recommender(self, data: RatingData, td: TrainingData, state: TrainState) -> Recommender:
-        """A recommender of the model (moved to the CPU, eval mode) with the training tables as its vectors."""
-        self.model.eval()
-        tables = {s: td.vectors(s, t).cpu() for s, t in state.tables.items()}
-        return Recommender(self.model.cpu(), self.schema, data.user_ids, data.item_ids, tables["user"].numpy(),
-                           tables["item"].numpy(), td.features["user"].cpu().numpy(),
-                           td.features["item"].cpu().numpy(), seed=self.config.seed)
-
-    def _fold_in_all(self, rec: Recommender, data: RatingData, valid: RatingData | None = None,
-                     report: dict | None = None) -> None:
-        """Every vector folded in from `data` as serving does: unshrunk first (the cold-start regression is
-        fitted to what the encoders say), then shrunk toward the cold-start vectors by the fold-in prior;
-        with `valid`, the prior is chosen from FOLDIN_PRIORS by validation RMSE (cheap: the shrinkage is closed
-        form) and written into the config."""
-        counts, raw, cold = {}, {}, {}
-        for side in SIDES:
-            rec.vectors[side], counts[side] = fold_in_dataset(rec, data, side, prior=0.0)
-        for side in SIDES:
-            has = counts[side] > 0
-            if has.any():
-                rec.model.fit_cold_start(side, torch.from_numpy(rec.features[side][has]),
-                                         torch.from_numpy(rec.vectors[side][has]))
-            raw[side], cold[side] = rec.vectors[side], rec.cold_vectors(side, rec.features[side])
-
-        def shrink(prior: float) -> None:
-            for side in SIDES:
-                rec.vectors[side] = rec.net.shrink_to_cold(raw[side], cold[side], counts[side], prior)
-
-        if valid is not None:
-            scores = {}
-            for prior in FOLDIN_PRIORS:
-                shrink(prior)
-                scores[prior] = rmse_of(rec, valid)
-            self.config.foldin_prior = min(scores, key=scores.get)
-            if report is not None:
-                report["foldin_prior"] = {"source": "validation", "chosen": self.config.foldin_prior,
-                                          "validation_rmse": {f"{c:g}": v for c, v in scores.items()}}
-        shrink(self.config.foldin_prior)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _hold_out_validation(self, data: RatingData) -> tuple[RatingData, RatingData | None]:
