@@ -21,13 +21,16 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: one BLAS thread, as the worker
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,7 +88,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "processing.json"))
     args = p.parse_args(argv)
 
-    import torch
     from stream import QUICK, artifact, git_commit, machine, rating_events
 
     from stream_app.core.artifacts import load_artifact
@@ -96,7 +98,6 @@ def main(argv=None) -> int:
     from stream_app.stream.service import FoldInService
     from stream_app.worker.topics import internal_topic, rekey_topics
 
-    torch.set_num_threads(1)  # as the worker
     rec = load_artifact(artifact(QUICK))
     popularity = np.bincount(rec.history.item, minlength=len(rec.ids["item"])).astype(np.float64) + 1.0
     settings = Settings(recommend_on_rating=args.recommend == "on")

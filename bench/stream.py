@@ -51,7 +51,9 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: one BLAS thread, as the worker
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -115,14 +117,11 @@ def timed(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def micro(artifacts: Path, repeats: int) -> dict:
-    import torch
-
     from stream_app.baselines import ALSMF
     from stream_app.core.artifacts import load_artifact
     from stream_app.data.dataset import RatingData
     from stream_app.stream.service import FoldInService
 
-    torch.set_num_threads(1)
     rec = load_artifact(artifacts)
     h = rec.history
     rng = np.random.default_rng(0)
@@ -616,7 +615,8 @@ def machine() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
             "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads_worker": 1, "platform": platform.platform(),
+            "torch": torch.__version__, "platform": platform.platform(),
+            "worker_threads": "numpy, OPENBLAS_NUM_THREADS=1 (the worker never imports torch)",
             "note": "machine shared with other jobs during the run: compare the ratios within one run"}
 
 
