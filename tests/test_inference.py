@@ -111,7 +111,7 @@ def test_weights_of_the_wrong_shape_are_refused_when_loaded():
 
 
 def test_a_loaded_artifact_serves_without_importing_torch(tmp_path):
-    from tests.stream_harness import train_tiny
+    from stream_harness import train_tiny
 
     rec = train_tiny(tmp_path / "tiny")
     code = ("import sys, numpy as np\n"
