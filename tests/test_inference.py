@@ -1,5 +1,6 @@
 """The numpy inference (core/inference.py) computes what the trained torch modules compute, for every
-architecture option; an artifact loads and serves without importing torch."""
+architecture option, and the serving constants as docs/method.md writes them; an artifact loads and serves
+without importing torch."""
 
 from __future__ import annotations
 
@@ -36,19 +37,32 @@ def random_model(**over) -> AEVecModel:
     return model
 
 
-def torch_fold_in(model: AEVecModel, side: str, records: np.ndarray, count: np.ndarray, seeds: list[int],
-                  cold: torch.Tensor, prior: float) -> np.ndarray:
-    """The reference: the torch modules' own forward, mean of K codes, breathing, bias, shrinkage."""
+def reference_cold(model: AEVecModel, side: str, data: np.ndarray) -> np.ndarray:
+    """Cold start, written out: [data, 1] @ the side's regression weights."""
+    weights = getattr(model, f"{side}_cold").numpy()
+    return np.concatenate([data, np.ones((len(data), 1), np.float32)], axis=1) @ weights
+
+
+def reference_fold_in(model: AEVecModel, side: str, records: np.ndarray, count: np.ndarray, seeds: list[int],
+                      cold: np.ndarray, prior: float) -> np.ndarray:
+    """The reference: the torch modules' own forward and breathing, then the bias and the shrinkage written
+    out entity by entity (docs/method.md)."""
+    cfg = model.config
     start = np.cumsum(count) - count
-    pos, mask = seeded_positions(count, model.config.k_samples, model.config.m_records, seeds)
+    pos, mask = seeded_positions(count, cfg.k_samples, cfg.m_records, seeds)
     index = torch.from_numpy(start[:, None, None] + pos)
-    flat = torch.from_numpy(records)
     with torch.no_grad():
-        codes = model.encoder(side)(flat[index], torch.from_numpy(mask))
-        vectors = model.to_vector(side, codes.mean(dim=1))
-        if model.config.biases:
-            vectors = torch.cat([vectors, model.fold_bias(flat, torch.from_numpy(count)).unsqueeze(1)], dim=1)
-        return model.shrink_to_cold(vectors, cold, torch.from_numpy(count), prior).numpy()
+        codes = model.encoder(side)(torch.from_numpy(records)[index], torch.from_numpy(mask))
+        vectors = model.to_vector(side, codes.mean(dim=1)).numpy()
+    out = []
+    for b, n in enumerate(count):
+        shrunk = (n * vectors[b] + prior * cold[b, :cfg.n_dim]) / (n + prior)
+        if cfg.biases:
+            own = records[start[b]:start[b] + n]
+            residual = own[:, -DIMS["rates"]] - float(model.predictor.global_mean) - own[:, model.vector_dim - 1]
+            shrunk = np.append(shrunk, (residual.sum() + cfg.bias_reg * cold[b, -1]) / (n + cfg.bias_reg))
+        out.append(shrunk)
+    return np.stack(out)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -62,12 +76,11 @@ def test_numpy_networks_compute_what_the_torch_modules_compute(variant):
         records = rng.normal(size=(int(count.sum()), v + DIMS[other] + DIMS["context"] + DIMS["rates"]))
         records = records.astype(np.float32)
         data = rng.normal(size=(3, DIMS[side])).astype(np.float32)
-        with torch.no_grad():
-            cold = model.cold_vectors(side, torch.from_numpy(data))
-        np.testing.assert_allclose(net.cold_vectors(side, data), cold.numpy(), rtol=1e-5, atol=1e-5)
+        cold = reference_cold(model, side, data)
+        np.testing.assert_allclose(net.cold_vectors(side, data), cold, rtol=1e-5, atol=1e-5)
         seeds = [11, 12, 13]
-        expected = torch_fold_in(model, side, records, count, seeds, cold, prior=2.0)
-        got = net.fold_in(side, records, np.cumsum(count) - count, count, seeds, cold.numpy(), prior=2.0)
+        expected = reference_fold_in(model, side, records, count, seeds, cold, prior=2.0)
+        got = net.fold_in(side, records, np.cumsum(count) - count, count, seeds, cold, prior=2.0)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
     users, items = 3, 11

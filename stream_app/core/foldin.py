@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_app.core.config import ModelConfig
-from stream_app.core.inference import FrozenNetworks, pack_record_sets
-
-SIDES = ("user", "item")
+from stream_app.core.inference import SIDES, FrozenNetworks, pack_record_sets
 
 
 def popularity_ranked(stars: np.ndarray, item_counts: np.ndarray, weight: float) -> np.ndarray:

@@ -181,7 +181,11 @@ class FrozenNetworks:
         return center + (mean_code - self.state[f"{side}_offset"] - center) @ self.state[f"{side}_whiten"]
 
     def fold_bias(self, records: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """Biases [B] from flat records (count[b] each): sum(star - mean - other side's bias) / (n + bias_reg)."""
+        """Biases [B] of B entities from their records (flat, in entity order, count[b] each):
+        sum(star - mean - other side's bias) / (n + bias_reg), one ridge step of the bias model.
+
+        A record is [other side's vector (its last component its bias), other data, context, rates];
+        the scaled star is the first rate."""
         residual = (records[:, -self.dims["rates"]] - self.predictor.global_mean
                     - records[:, self.vector_dim - 1])
         owner = np.repeat(np.arange(len(count)), count)
@@ -190,11 +194,13 @@ class FrozenNetworks:
 
     def shrink_to_cold(self, vectors: np.ndarray, cold: np.ndarray, count: np.ndarray,
                        prior: float | None = None) -> np.ndarray:
-        """(n * code + c * cold) / (n + c); with biases the bias is its ridge estimate around the cold one
-        (model.AEVecModel.shrink_to_cold says why)."""
+        """(n * code + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings.
+
+        With biases, the last component (a bias from fold_bias, shrunk toward 0) moves to
+        (sum of residuals + bias_reg * cold bias) / (n + bias_reg), its ridge estimate around the cold one."""
         c = self.config.foldin_prior if prior is None else prior
         n = count.astype(np.float32)[:, None]
-        out = cold + n / np.maximum(n + c, 1e-12) * (vectors - cold)
+        out = cold + n / np.maximum(n + c, 1e-12) * (vectors - cold)  # weight 0 with no ratings, even when c = 0
         if self.config.biases:
             r = self.config.bias_reg
             out[:, -1] = vectors[:, -1] + r * cold[:, -1] / np.maximum(n[:, 0] + r, 1e-12)

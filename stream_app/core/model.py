@@ -57,35 +57,3 @@ class AEVecModel(nn.Module):
         self.offset(side).copy_(offset)
         getattr(self, f"{side}_center").copy_(center)
         getattr(self, f"{side}_whiten").copy_(whiten)
-
-    def cold_vectors(self, side: str, data: torch.Tensor) -> torch.Tensor:
-        """Cold start: a ridge regression from side data to the trained vectors."""
-        weights = self.user_cold if side == "user" else self.item_cold
-        ones = torch.ones(*data.shape[:-1], 1, dtype=data.dtype)
-        return torch.cat([data, ones], dim=-1) @ weights
-
-    def shrink_to_cold(self, vectors: torch.Tensor, cold: torch.Tensor, count: torch.Tensor,
-                       prior: float | None = None) -> torch.Tensor:
-        """(n * code + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings.
-
-        With biases, the last component (a bias from fold_bias, shrunk toward 0) moves to
-        (sum of residuals + bias_reg * cold bias) / (n + bias_reg), its ridge estimate around the cold one."""
-        c = self.config.foldin_prior if prior is None else prior
-        n = count.to(vectors.dtype).unsqueeze(-1)
-        weight = n / (n + c).clamp(min=1e-12)  # 0 for an entity with no ratings, even when c = 0
-        out = cold + weight * (vectors - cold)
-        if self.config.biases:
-            r = self.config.bias_reg
-            out[..., -1] = vectors[..., -1] + r * cold[..., -1] / (n[..., 0] + r).clamp(min=1e-12)
-        return out
-
-    def fold_bias(self, records: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Biases [B] of B entities from their records (flat, in entity order, count[b] each):
-        sum(star - mean - other side's bias) / (n + bias_reg), one ridge step of the bias model.
-
-        A record is [other side's vector (its last component its bias), other data, context, rates];
-        the scaled star is the first rate."""
-        residual = records[:, -self.dims["rates"]] - self.predictor.global_mean - records[:, self.vector_dim - 1]
-        owner = torch.repeat_interleave(torch.arange(len(count)), count)
-        total = torch.zeros(len(count), dtype=residual.dtype).index_add_(0, owner, residual)
-        return total / (count.to(total.dtype) + self.config.bias_reg).clamp(min=1e-12)

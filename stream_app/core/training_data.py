@@ -56,7 +56,7 @@ class TrainingData:
 @dataclass
 class EntityBiases:
     """Closed-form biases on the [-1, 1] star scale: a few alternating ridge solves of
-    star = mean + b_user + b_item, the same formula serving folds a bias in with (model.fold_bias)."""
+    star = mean + b_user + b_item, the formula serving folds a bias in with (inference.FrozenNetworks.fold_bias)."""
 
     mean: float
     bias: dict  # side -> [n] tensor
