@@ -149,7 +149,7 @@ class Demo:
         with steps.step(f"ask for user {user}'s top-{TOP} again", "request") as out:
             after = self.ask(user, n=DEPTH, timeout=30)
             out["detail"] = f"answered in {after.seconds * 1000:.0f} ms"
-        print(story.table(after.items[:TOP], before=before.items, rated=plan))
+        print(story.table(after.items[:TOP], before=before.items))
         story.print_changes(before.items, after.items, plan)
 
         print("summary")

@@ -98,7 +98,7 @@ class Story:
             why = "a current favourite" if stars == 1 else (f"{self.genre}" if self.genre else "popular")
             print(f"      {int(stars)}{STAR}  {item_id:>5}  {clip(self.title(item_id), 44):<44}  ({why}; {genres})")
 
-    def table(self, items: list[dict], before: list[dict] | None = None, rated: dict | None = None) -> str:
+    def table(self, items: list[dict], before: list[dict] | None = None) -> str:
         return ranked_table(items, self.side, before)
 
     def print_changes(self, before: list[dict], after: list[dict], plan: dict[str, float]) -> None:
