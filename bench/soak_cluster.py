@@ -75,6 +75,16 @@ class Slot:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("worker-*.log")))
 
 
+def memory_mb(samples: dict | None) -> dict[str, float]:
+    """Where a worker's memory is, by its own gauges (refreshed every 15 s): RocksDB memtables and block cache,
+    glibc heap in use and freed-but-kept."""
+    mb = 1 / (1 << 20)
+    return {"memtables": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="memtables") * mb,
+            "block_cache": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="block_cache") * mb,
+            "heap_in_use": metric_sum(samples, "recsys_heap_bytes", state="in_use") * mb,
+            "heap_free": metric_sum(samples, "recsys_heap_bytes", state="free") * mb}
+
+
 def model_of(samples: dict | None) -> str | None:
     """The model_version a worker serves, from its /metrics."""
     for labels, value in (samples or {}).get("recsys_model_info", ()):
@@ -135,7 +145,8 @@ class Sampler(threading.Thread):
                 "rss_mb": slot.rss_mb(), "cpu_s": slot.cpu_s(),
                 "model": model_of(samples),
                 "partitions": int(metric_sum(samples, "recsys_assigned_partitions", topic=self.topic)),
-                "replays": metric_sum(samples, "recsys_partition_replays_total")}
+                "replays": metric_sum(samples, "recsys_partition_replays_total"),
+                "memory_mb": memory_mb(samples)}
         ends = [ends.get(p, 0) for p in range(len(self.parts))]
         return {"t": now, "ends": ends, "committed": committed, "lag": lag(ends, committed),
                 "item_ends": item_ends, "item_committed": item_committed, "item_lag": lag(item_ends, item_committed),

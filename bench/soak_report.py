@@ -120,21 +120,22 @@ def rss_growth(samples: list[dict], warmup: float, t0: float) -> dict:
     for s in samples:
         for name, w in s["workers"].items():
             if w and w["rss_mb"]:
-                lives[f"{name}#{w['incarnation']}"].append((s["t"], w["rss_mb"]))
+                lives[f"{name}#{w['incarnation']}"].append((s["t"], w["rss_mb"], w.get("memory_mb") or {}))
     growth = {}
     for life, points in lives.items():
         start, end = max(points[0][0], t0), points[-1][0]
         if end - start < 2 * warmup:
             continue
-        base = next(rss for t, rss in points if t >= start + warmup)
+        base, parts = next((rss, parts) for t, rss, parts in points if t >= start + warmup)
         growth[life] = {"life_s": end - start, "warm_mb": base, "end_mb": points[-1][1],
-                        "growth_pct": 100.0 * (points[-1][1] - base) / base}
+                        "growth_pct": 100.0 * (points[-1][1] - base) / base,
+                        "warm_parts_mb": parts, "end_parts_mb": points[-1][2]}
     values = [g["growth_pct"] for g in growth.values()]
     longest = max(growth, key=lambda k: growth[k]["life_s"]) if growth else None
     return {"warmup_s": warmup, "processes": len(lives), "measured": growth, "witness": growth.get("w0#1"),
             "max_growth_pct": max(values) if values else None,
             "median_growth_pct": float(np.median(values)) if values else None, "longest": longest,
-            "peak_mb": max((rss for points in lives.values() for _, rss in points), default=None)}
+            "peak_mb": max((rss for points in lives.values() for _, rss, _ in points), default=None)}
 
 
 def broker_rss(samples: list[dict], t0: float) -> tuple[float | None, float | None]:
@@ -165,6 +166,7 @@ def timeline(samples: list[dict], t0: float) -> list[dict]:
                                                 zip(s["item_ends"] or s["item_committed"], s["item_committed"],
                                                     strict=True)]},
              "rss": {k: w and w["rss_mb"] for k, w in s["workers"].items()}, "broker_rss": s.get("broker_rss_mb"),
+             "memory": {k: w and w.get("memory_mb") for k, w in s["workers"].items()},
              "partitions": {k: w and w["partitions"] for k, w in s["workers"].items()},
              "cores": cores(a, s)} for a, s in zip(samples[:1] + samples[:-1], samples, strict=True)]
 

@@ -111,6 +111,11 @@ class Settings:
     malloc_arenas: int = _setting(
         2, "heaps glibc may give a worker's threads (mallopt M_ARENA_MAX; each heap keeps its own freed memory, "
         "so fewer heaps keep RSS near what is used; 0 = glibc's default of 8 per core)", "stream")
+    rocksdb_memtable_mb: int = _setting(
+        16, "MB of RocksDB memtables all of a worker's table partitions share (standbys included): past ~90% the "
+        "partition being written flushes to disk", "stream")
+    rocksdb_cache_mb: int = _setting(
+        16, "MB of the one RocksDB block cache all of a worker's table partitions share", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

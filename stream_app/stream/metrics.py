@@ -68,6 +68,11 @@ class StreamMetrics:
                                 registry=r)
         self.table_entries = Gauge("recsys_table_entries", "Entities held in this worker's table partitions",
                                    ["table"], registry=r)
+        self.rocksdb_bytes = Gauge("recsys_rocksdb_memory_bytes", "RocksDB memory of this worker's tables "
+                                   "(memtables, table_readers; block_cache: the shared cache, table=all)",
+                                   ["table", "kind"], registry=r)
+        self.heap_bytes = Gauge("recsys_heap_bytes", "glibc heap of this worker: bytes in use, bytes freed but kept",
+                                ["state"], registry=r)
         self.catalogue_items = Gauge("recsys_catalogue_items", "Items this worker can recommend", registry=r)
         self.assigned_partitions = Gauge("recsys_assigned_partitions", "Input partitions this worker owns now",
                                          ["topic"], registry=r)

@@ -41,17 +41,16 @@ from stream_app.stream.processing import Context, Outcome, RateLimiter, RawEvent
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 from stream_app.stream.web import WebServer
-from stream_app.worker import memory
+from stream_app.worker import memory, rocks
 from stream_app.worker import topics as tp
 from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context, log_offsets
 from stream_app.worker.services import CatalogueSync, ModelPoller
 
 log = logging.getLogger(__name__)
 
-# Per RocksDB (one per table partition, standbys included). Faust's defaults (3 x 64 MiB memtables, a 2 GiB block
-# cache) let a worker's memory grow by about the bytes it writes until those fill: +150 MB in a 20-minute soak.
-ROCKSDB_OPTIONS = dict(write_buffer_size=4 << 20, max_write_buffer_number=2, block_cache_size=32 << 20,
-                       block_cache_compressed_size=8 << 20)
+# Per RocksDB (one per table partition): Faust's defaults are 3 x 64 MiB memtables; the memory they and the block
+# cache may take together is the worker-wide budget of rocks.py (RECSYS_ROCKSDB_MEMTABLE_MB, RECSYS_ROCKSDB_CACHE_MB).
+ROCKSDB_OPTIONS = dict(write_buffer_size=4 << 20, max_write_buffer_number=2)
 
 
 class RecsysApp(FastFetchApp):
@@ -89,6 +88,9 @@ class Runtime:
                      options={"driver": "rocksdict", **ROCKSDB_OPTIONS})
         self.users = app.Table("users", help="per-user serving state (stream/state.py)", **table)
         self.items = app.Table("items", help="per-item serving state (stream/state.py)", **table)
+        self.rocks = rocks.RocksBudget(s.rocksdb_memtable_mb * rocks.MB, s.rocksdb_cache_mb * rocks.MB)
+        for t in (self.users, self.items):
+            rocks.use_budget(t, self.rocks)
         self.items.on_recover(self.rebuild_catalogue)
         self.row_cache = {"users": RowCache(), "items": RowCache()}  # decoded rows this worker wrote last
         self._partitioner = DefaultPartitioner()
@@ -228,8 +230,18 @@ class Runtime:
         memory.trim()
 
     async def update_table_sizes(self) -> None:
-        self.metrics.table_entries.labels(table="users").set(len(self.users))
-        self.metrics.table_entries.labels(table="items").set(len(self.items))
+        """Entities held, and where the worker's memory is (RocksDB's count, glibc's heap)."""
+        m = self.metrics
+        for name, t in (("users", self.users), ("items", self.items)):
+            m.table_entries.labels(table=name).set(len(t))
+            held = rocks.memory_of(t)
+            m.rocksdb_bytes.labels(table=name, kind="memtables").set(held.memtables)
+            m.rocksdb_bytes.labels(table=name, kind="table_readers").set(held.table_readers)
+        m.rocksdb_bytes.labels(table="all", kind="block_cache").set(self.rocks.cache.get_usage())
+        heap = memory.heap()
+        if heap is not None:
+            m.heap_bytes.labels(state="in_use").set(heap.in_use)
+            m.heap_bytes.labels(state="free").set(heap.free)
 
 def decoded_rows(rows):
     """(key, row) of stored rows; an undecodable one is logged and skipped (its events dead-letter when touched)."""

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+from typing import NamedTuple
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
@@ -25,6 +26,28 @@ def _libc():
         return lib if lib is not None and hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
     except OSError:
         return None
+
+
+class Heap(NamedTuple):
+    """glibc's heap, all arenas: bytes handed out and not freed (mmapped chunks included), bytes freed but kept."""
+
+    in_use: int
+    free: int
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap() -> Heap | None:
+    """The heap now (glibc 2.33+'s mallinfo2); None elsewhere."""
+    lib = _libc()
+    if lib is None or not hasattr(lib, "mallinfo2"):
+        return None
+    lib.mallinfo2.restype = _Mallinfo2
+    info = lib.mallinfo2()
+    return Heap(info.uordblks + info.hblkhd, info.fordblks)
 
 
 def trim() -> bool:
