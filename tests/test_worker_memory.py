@@ -38,3 +38,47 @@ def test_frozen_startup_objects_are_out_of_the_collectors_reach_and_a_dropped_mo
         assert ref() is None
     finally:
         gc.unfreeze()  # the rest of the test session collects as before
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_heap_is_measured_on_glibc():
+    before = memory.heap()
+    block = bytearray(8 << 20)  # above glibc's mmap threshold: counted as in use until freed
+    during = memory.heap()
+    del block
+    assert before is not None and during is not None
+    assert during.in_use - before.in_use >= 8 << 20
+    assert before.free >= 0
+
+
+def _write(dbs, megabytes: int) -> None:
+    """Write `megabytes` of 1 KB values round-robin over `dbs`."""
+    value = bytes(range(256)) * 4
+    for n in range(megabytes * 1024):
+        dbs[n % len(dbs)][b"k%d" % n] = value
+
+
+def _flushed(db) -> bool:
+    """Whether the database has written a memtable to disk, or is writing one."""
+    return db.property_int_value("rocksdb.total-sst-files-size") + db.property_int_value(
+        "rocksdb.num-immutable-mem-table") > 0
+
+
+def test_a_workers_databases_share_one_memtable_budget(tmp_path):
+    from types import SimpleNamespace
+
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from stream_app.worker import rocks
+
+    per_db = dict(write_buffer_size=4 << 20, max_write_buffer_number=2)
+    alone = [RocksDBOptions(**per_db, use_rocksdict=True).open(tmp_path / f"alone-{i}") for i in range(3)]
+    budget = rocks.RocksBudget(memtable_bytes=2 << 20, cache_bytes=1 << 20)
+    shared = [rocks.BudgetedOptions(budget, **per_db).open(tmp_path / f"shared-{i}") for i in range(3)]
+    _write(alone, 6), _write(shared, 6)
+    assert not any(map(_flushed, alone))  # 2 MB each stays under a database's own 4 MiB write buffer
+    assert any(map(_flushed, shared))  # together they passed the 2 MiB budget: RocksDB flushed
+    table = SimpleNamespace(data=SimpleNamespace(_dbs=dict(enumerate(shared))))
+    usage = rocks.memory_of(table)
+    assert usage.databases == 3 and usage.memtables > 0 and usage.table_readers >= 0
+    assert shared[0][b"k0"] == alone[0][b"k0"]  # flushed rows still read back
