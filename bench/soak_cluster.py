@@ -76,11 +76,12 @@ class Slot:
 
 
 def memory_mb(samples: dict | None) -> dict[str, float]:
-    """Where a worker's memory is, by its own gauges (refreshed every 15 s): RocksDB memtables and block cache,
-    glibc heap in use and freed-but-kept."""
+    """Where a worker's memory is, by its own gauges (refreshed every 15 s): RocksDB memtables, block cache and
+    table readers, glibc heap in use and freed-but-kept."""
     mb = 1 / (1 << 20)
     return {"memtables": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="memtables") * mb,
             "block_cache": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="block_cache") * mb,
+            "table_readers": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="table_readers") * mb,
             "heap_in_use": metric_sum(samples, "recsys_heap_bytes", state="in_use") * mb,
             "heap_free": metric_sum(samples, "recsys_heap_bytes", state="free") * mb}
 

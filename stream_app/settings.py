@@ -111,11 +111,15 @@ class Settings:
     malloc_arenas: int = _setting(
         2, "heaps glibc may give a worker's threads (mallopt M_ARENA_MAX; each heap keeps its own freed memory, "
         "so fewer heaps keep RSS near what is used; 0 = glibc's default of 8 per core)", "stream")
+    malloc_mmap_threshold_kb: int = _setting(
+        128, "allocations of this many KiB or more get their own mapping, handed back when freed (mallopt "
+        "M_MMAP_THRESHOLD, fixed; 0 = glibc's default, which rises with the largest block freed, so that a "
+        "recovery's buffers later come from the heap and leave holes RSS keeps)", "stream")
     rocksdb_memtable_mb: int = _setting(
-        16, "MB of RocksDB memtables all of a worker's table partitions share (standbys included): past ~90% the "
+        8, "MB of RocksDB memtables all of a worker's table partitions share (standbys included): past ~90% the "
         "partition being written flushes to disk", "stream")
     rocksdb_cache_mb: int = _setting(
-        16, "MB of the one RocksDB block cache all of a worker's table partitions share", "stream")
+        8, "MB of the one RocksDB block cache all of a worker's table partitions share", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod

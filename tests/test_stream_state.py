@@ -153,3 +153,6 @@ def test_the_row_cache_returns_a_row_only_for_the_bytes_it_was_written_as():
         cache.put(key, raw, row)
     assert cache.take("a", raw) is not row and cache.take("c", raw) is row  # the oldest was dropped
     assert cache.take("x", None) is None
+    cache.put("b", raw, row)
+    cache.clear()  # a rebalance: nothing kept
+    assert cache.take("b", raw) is not row and cache.take("b", raw) == row

@@ -20,6 +20,12 @@ def test_the_number_of_heaps_can_be_limited_on_glibc():
     assert memory.limit_arenas(8) is True  # glibc's own default on a 1-core machine: harmless to this test process
 
 
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_mmap_threshold_can_be_fixed_on_glibc():
+    assert memory.fix_mmap_threshold(0) is False  # 0 keeps glibc's default
+    assert memory.fix_mmap_threshold(128) is True  # glibc's own starting value: harmless to this test process
+
+
 def test_frozen_startup_objects_are_out_of_the_collectors_reach_and_a_dropped_model_is_still_freed(tmp_path):
     import gc
     import weakref

@@ -32,6 +32,7 @@ def run(args) -> int:
     from stream_app.worker import memory
 
     memory.limit_arenas(settings.malloc_arenas)  # before the imports below start threads
+    memory.fix_mmap_threshold(settings.malloc_mmap_threshold_kb)
     # One BLAS thread, read when numpy loads: a worker's matrices are small, and it shares the cores with the
     # other workers and a retrain (several threads competing for busy cores are several times slower).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -252,6 +252,10 @@ class RowCache:
         self.misses += raw is not None
         return decode_row(raw)
 
+    def clear(self) -> None:
+        """Forget every row (on a rebalance: rows of partitions now owned elsewhere would only hold memory)."""
+        self._rows.clear()
+
     def put(self, key: str, raw: bytes, state: EntityState) -> None:
         self._rows[key] = (raw, state)
         if len(self._rows) > self.size:

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # Per RocksDB (one per table partition): Faust's defaults are 3 x 64 MiB memtables; the memory they and the block
 # cache may take together is the worker-wide budget of rocks.py (RECSYS_ROCKSDB_MEMTABLE_MB, RECSYS_ROCKSDB_CACHE_MB).
-ROCKSDB_OPTIONS = dict(write_buffer_size=4 << 20, max_write_buffer_number=2)
+ROCKSDB_OPTIONS = dict(write_buffer_size=2 << 20, max_write_buffer_number=2)
 
 
 class RecsysApp(FastFetchApp):
@@ -218,6 +218,8 @@ class Runtime:
         for name in (self.settings.topic_ratings, self.settings.topic_items):
             self.metrics.assigned_partitions.labels(topic=name).set(0)
         self.readiness.on_revoked()
+        for cache in self.row_cache.values():
+            cache.clear()
 
     async def sample_lag(self) -> None:
         """Consumer lag and commit stalls of the input partitions owned now (stream/lag.py), for /ready too."""

@@ -15,7 +15,8 @@ import functools
 import gc
 from typing import NamedTuple
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
@@ -66,6 +67,17 @@ def limit_arenas(arenas: int) -> bool:
     if lib is None or arenas <= 0:
         return False
     return bool(lib.mallopt(M_ARENA_MAX, arenas))
+
+
+def fix_mmap_threshold(kib: int) -> bool:
+    """Serve every allocation of `kib` KiB or more with its own mapping, returned to the system when freed (0:
+    glibc's default). glibc's default threshold rises to the largest block freed so far (up to 32 MiB), after
+    which a recovery's big buffers come from the heap and leave holes in it that RSS keeps. False where mallopt
+    is missing or refuses."""
+    lib = _libc()
+    if lib is None or kib <= 0:
+        return False
+    return bool(lib.mallopt(M_MMAP_THRESHOLD, kib << 10))
 
 
 def freeze_startup_objects() -> int:
