@@ -290,8 +290,14 @@ def plot(r: dict, path: Path) -> None:
     axes[1].legend(fontsize=8)
     for name in tl[0]["rss"] if tl else ():
         axes[2].plot(t, [np.nan if s["rss"].get(name) is None else s["rss"][name] for s in tl], lw=0.8, label=name)
+    parts = [(s["memory"] or {}).get("w0") or {} for s in tl] if tl and "memory" in tl[0] else []
+    if any(parts):  # where the never-killed worker's memory is, by its own gauges
+        axes[2].plot(t, [p.get("heap_in_use", np.nan) for p in parts], lw=0.8, ls="--", color="C0",
+                     label="w0 glibc heap in use")
+        axes[2].plot(t, [p.get("memtables", np.nan) + p.get("block_cache", np.nan) for p in parts], lw=0.8,
+                     ls="-.", color="C0", label="w0 RocksDB memtables + cache")
     axes[2].set_ylabel("worker RSS (MB)")
-    axes[2].legend(fontsize=8, loc="upper left")
+    axes[2].legend(fontsize=7, loc="center left", ncol=2)
     broker = axes[2].twinx()  # the broker keeps every topic in memory: its own scale
     broker.plot(t, [np.nan if s.get("broker_rss") is None else s["broker_rss"] for s in tl], lw=0.8, ls=":",
                 color="grey")
