@@ -63,10 +63,7 @@ def trim() -> bool:
 def limit_arenas(arenas: int) -> bool:
     """Let at most `arenas` heaps serve all threads created from now on (0: glibc's default); False where
     mallopt is missing or refuses."""
-    lib = _libc()
-    if lib is None or arenas <= 0:
-        return False
-    return bool(lib.mallopt(M_ARENA_MAX, arenas))
+    return _mallopt(M_ARENA_MAX, arenas)
 
 
 def fix_mmap_threshold(kib: int) -> bool:
@@ -74,10 +71,13 @@ def fix_mmap_threshold(kib: int) -> bool:
     glibc's default). glibc's default threshold rises to the largest block freed so far (up to 32 MiB), after
     which a recovery's big buffers come from the heap and leave holes in it that RSS keeps. False where mallopt
     is missing or refuses."""
+    return _mallopt(M_MMAP_THRESHOLD, kib << 10)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    """glibc's mallopt; False for a value <= 0 (glibc's default kept), where mallopt is missing, or if it refuses."""
     lib = _libc()
-    if lib is None or kib <= 0:
-        return False
-    return bool(lib.mallopt(M_MMAP_THRESHOLD, kib << 10))
+    return lib is not None and value > 0 and bool(lib.mallopt(parameter, value))
 
 
 def freeze_startup_objects() -> int:
