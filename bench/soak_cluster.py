@@ -82,6 +82,9 @@ def memory_mb(samples: dict | None) -> dict[str, float]:
     return {"memtables": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="memtables") * mb,
             "block_cache": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="block_cache") * mb,
             "table_readers": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="table_readers") * mb,
+            "write_buffers": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="write_buffers") * mb,
+            "databases_tracked": metric_sum(samples, "recsys_rocksdb_databases", state="tracked"),
+            "databases_open": metric_sum(samples, "recsys_rocksdb_databases", state="open"),
             "heap_in_use": metric_sum(samples, "recsys_heap_bytes", state="in_use") * mb,
             "heap_free": metric_sum(samples, "recsys_heap_bytes", state="free") * mb}
 

@@ -88,3 +88,21 @@ def test_a_workers_databases_share_one_memtable_budget(tmp_path):
     usage = rocks.memory_of(table)
     assert usage.databases == 3 and usage.memtables > 0 and usage.table_readers >= 0
     assert shared[0][b"k0"] == alone[0][b"k0"]  # flushed rows still read back
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+def test_open_databases_counts_what_the_process_holds_open_tracked_or_not(tmp_path):
+    import gc
+
+    from stream_app.worker import rocks
+
+    budget = rocks.RocksBudget(memtable_bytes=2 << 20, cache_bytes=1 << 20)
+    dbs = [rocks.BudgetedOptions(budget).open(tmp_path / f"db-{i}") for i in range(2)]
+    other = rocks.BudgetedOptions(budget).open(tmp_path.parent / f"{tmp_path.name}-elsewhere")
+    assert rocks.open_databases(tmp_path) == 2  # only those under the store folder
+    dbs[0][b"k"] = b"v" * 1000
+    assert budget.buffers.get_usage() > 0  # the budget counts every open database's memtables
+    del dbs[0]
+    gc.collect()
+    assert rocks.open_databases(tmp_path) == 1  # a dropped database closes
+    del other

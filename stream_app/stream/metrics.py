@@ -69,8 +69,11 @@ class StreamMetrics:
         self.table_entries = Gauge("recsys_table_entries", "Entities held in this worker's table partitions",
                                    ["table"], registry=r)
         self.rocksdb_bytes = Gauge("recsys_rocksdb_memory_bytes", "RocksDB memory of this worker's tables "
-                                   "(memtables, table_readers; block_cache: the shared cache, table=all)",
+                                   "(memtables, table_readers; table=all: block_cache, the shared cache, and "
+                                   "write_buffers, memtables of every open database)",
                                    ["table", "kind"], registry=r)
+        self.rocksdb_databases = Gauge("recsys_rocksdb_databases", "RocksDB databases: tracked (in Faust's "
+                                       "tables), open (this process holds open, tracked or not)", ["state"], registry=r)
         self.heap_bytes = Gauge("recsys_heap_bytes", "glibc heap of this worker: bytes in use, bytes freed but kept",
                                 ["state"], registry=r)
         self.catalogue_items = Gauge("recsys_catalogue_items", "Items this worker can recommend", registry=r)

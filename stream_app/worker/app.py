@@ -234,12 +234,17 @@ class Runtime:
     async def update_table_sizes(self) -> None:
         """Entities held, and where the worker's memory is (RocksDB's count, glibc's heap)."""
         m = self.metrics
+        tracked = 0
         for name, t in (("users", self.users), ("items", self.items)):
             m.table_entries.labels(table=name).set(len(t))
             held = rocks.memory_of(t)
+            tracked += held.databases
             m.rocksdb_bytes.labels(table=name, kind="memtables").set(held.memtables)
             m.rocksdb_bytes.labels(table=name, kind="table_readers").set(held.table_readers)
         m.rocksdb_bytes.labels(table="all", kind="block_cache").set(self.rocks.cache.get_usage())
+        m.rocksdb_bytes.labels(table="all", kind="write_buffers").set(self.rocks.buffers.get_usage())
+        m.rocksdb_databases.labels(state="tracked").set(tracked)
+        m.rocksdb_databases.labels(state="open").set(rocks.open_databases(self.settings.store_dir))
         heap = memory.heap()
         if heap is not None:
             m.heap_bytes.labels(state="in_use").set(heap.in_use)
