@@ -322,6 +322,7 @@ class Soak:
         self.result["checks"] = checks
         self.result["latency"] = publish_latency(expected["user"], published["user"])  # reduced by summarize
         self.result["resent"] = self.ledger.resent
+        self.result["windows_full_at"] = self.ledger.windows_full_at(window["user"], window["item"])
         self.result["logs"] = {slot.name: slot.logs() for slot in self.slots}
 
     def close(self) -> None:

@@ -91,6 +91,14 @@ class Ledger:
         with self._lock:
             return dict(self.ends)
 
+    def windows_full_at(self, user_window: int, item_window: int) -> float | None:
+        """When the last entity got its `window`-th rating: from then on the stored state no longer grows (None if
+        some entity never got that many)."""
+        firsts = [ts[window - 1] if len(ts) >= window else None
+                  for entities, window in ((self.user_ts, user_window), (self.item_ts, item_window))
+                  for ts in entities.values()]
+        return None if not firsts or None in firsts else max(firsts)
+
     @property
     def ratings(self) -> int:
         return len(self.pair)

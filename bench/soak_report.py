@@ -41,11 +41,12 @@ def summarize(raw: dict, samples: list[dict], args: dict, root: Path) -> dict:
             swap[key] -= t0
     checks = raw["checks"]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git": git(root), "machine": machine(),
-              "args": args, **{k: v for k, v in raw.items() if k not in ("phases",)},
+              "args": args, **{k: v for k, v in raw.items() if k not in ("phases", "windows_full_at")},
               "phases": {"load_s": t_end - t0, "drained_s": raw["phases"]["drained_s"]},
               "steady": window(samples, sent, delay, steady), "retraining": window(samples, sent, delay, retraining),
               "latency": {**percentiles(delay[loaded]), "bins": latency_bins(sent[loaded] - t0, delay[loaded])},
-              "rss": {**rss_growth(samples, args["warmup"], t0), "broker_mb": broker_rss(samples, t0)},
+              "rss": {**rss_growth(samples, args["warmup"], t0, raw.get("windows_full_at")),
+                      "broker_mb": broker_rss(samples, t0)},
               "replays": replays(samples, logs),
               "timeline": timeline(samples, t0)}
     result["failures"] = verdict(checks, result)
@@ -68,6 +69,15 @@ def verdict(checks: dict, result: dict) -> list[str]:
     if result["phases"]["drained_s"] is None:
         failed.append("not drained")
     return failed
+
+
+def _after_full(rss: dict) -> list[str]:
+    full = rss.get("after_full")
+    if not full:
+        return []
+    return [f"RSS growth after every window was full ({fmt(rss['windows_full_s'], '.0f')} s): never-killed worker "
+            f"{fmt((full.get('witness') or {}).get('growth_pct'))}%; any worker process: max "
+            f"{fmt(full['max_growth_pct'])}%, median {fmt(full['median_growth_pct'])}% over {len(full['measured'])}"]
 
 
 def percentiles(delay: np.ndarray) -> dict:
@@ -113,29 +123,40 @@ def window(samples: list[dict], sent: np.ndarray, delay: np.ndarray, inside) -> 
             "latency": percentiles(delay[mask])}
 
 
-def rss_growth(samples: list[dict], warmup: float, t0: float) -> dict:
+def rss_growth(samples: list[dict], warmup: float, t0: float, full_at: float | None = None) -> dict:
     """Per worker process (slot, incarnation) living at least 2 x warmup under load: RSS at its end against its RSS
-    `warmup` s after it started or the load did, whichever came last. `witness`: the never-killed first worker."""
+    `warmup` s after it started or the load did, whichever came last. `witness`: the never-killed first worker.
+    `after_full`: the same, from the first sample after every entity's window was full (`full_at`, when the state
+    stopped growing by design) for processes that lived `warmup` s past it."""
     lives = collections.defaultdict(list)
     for s in samples:
         for name, w in s["workers"].items():
             if w and w["rss_mb"]:
                 lives[f"{name}#{w['incarnation']}"].append((s["t"], w["rss_mb"], w.get("memory_mb") or {}))
+    result = {"warmup_s": warmup, "processes": len(lives), **_growth(lives, t0, lambda start: start + warmup, warmup),
+              "peak_mb": max((rss for points in lives.values() for _, rss, _ in points), default=None),
+              "windows_full_s": None if full_at is None else full_at - t0}
+    if full_at is not None:
+        result["after_full"] = _growth(lives, t0, lambda start: max(start + warmup, full_at), 0.0)
+    return result
+
+
+def _growth(lives: dict, t0: float, base_at, min_after: float) -> dict:
     growth = {}
     for life, points in lives.items():
         start, end = max(points[0][0], t0), points[-1][0]
-        if end - start < 2 * warmup:
+        at = base_at(start)
+        if end - at < max(min_after, 1.0):
             continue
-        base, parts = next((rss, parts) for t, rss, parts in points if t >= start + warmup)
-        growth[life] = {"life_s": end - start, "warm_mb": base, "end_mb": points[-1][1],
+        base_t, base, parts = next((t, rss, parts) for t, rss, parts in points if t >= at)
+        growth[life] = {"life_s": end - start, "base_t": base_t, "warm_mb": base, "end_mb": points[-1][1],
                         "growth_pct": 100.0 * (points[-1][1] - base) / base,
                         "warm_parts_mb": parts, "end_parts_mb": points[-1][2]}
     values = [g["growth_pct"] for g in growth.values()]
-    longest = max(growth, key=lambda k: growth[k]["life_s"]) if growth else None
-    return {"warmup_s": warmup, "processes": len(lives), "measured": growth, "witness": growth.get("w0#1"),
+    return {"measured": growth, "witness": growth.get("w0#1"),
             "max_growth_pct": max(values) if values else None,
-            "median_growth_pct": float(np.median(values)) if values else None, "longest": longest,
-            "peak_mb": max((rss for points in lives.values() for _, rss, _ in points), default=None)}
+            "median_growth_pct": float(np.median(values)) if values else None,
+            "longest": max(growth, key=lambda k: growth[k]["life_s"]) if growth else None}
 
 
 def broker_rss(samples: list[dict], t0: float) -> tuple[float | None, float | None]:
@@ -246,6 +267,7 @@ def table(r: dict) -> str:
         f"{len(r['rss']['measured'])} of {r['rss']['processes']} "
         f"worker processes; peak {fmt(r['rss']['peak_mb'], '.0f')} MB; broker {fmt(broker[0], '.0f')} -> "
         f"{fmt(broker[1], '.0f')} MB",
+        *_after_full(r["rss"]),
         f"event-to-publish (user vectors): p50 {fmt(r['latency']['p50_s'], '.3f')} s, p99 "
         f"{fmt(r['latency']['p99_s'], '.2f')} s, max {fmt(r['latency']['max_s'], '.1f')} s",
     ]
@@ -296,6 +318,10 @@ def plot(r: dict, path: Path) -> None:
                      label="w0 glibc heap in use")
         axes[2].plot(t, [p.get("memtables", np.nan) + p.get("block_cache", np.nan) for p in parts], lw=0.8,
                      ls="-.", color="C0", label="w0 RocksDB memtables + cache")
+    for at, what in ((r["rss"]["warmup_s"], "warm-up"), (r["rss"].get("windows_full_s"), "windows full")):
+        if at is not None:
+            axes[2].axvline(at, color="grey", lw=0.8, ls=":")
+            axes[2].annotate(what, (at, 0.02), xycoords=("data", "axes fraction"), fontsize=7, color="grey")
     axes[2].set_ylabel("worker RSS (MB)")
     axes[2].legend(fontsize=7, loc="center left", ncol=2)
     broker = axes[2].twinx()  # the broker keeps every topic in memory: its own scale

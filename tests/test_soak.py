@@ -52,6 +52,16 @@ def test_the_source_gives_unique_increasing_stamps_and_resends_recent_ratings():
     assert all(e in fresh for e in resent)
 
 
+def test_the_windows_are_full_once_the_last_entity_got_its_window_th_rating():
+    ledger = soak_ledger.Ledger()
+    for ts, (user, item) in enumerate([("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u1", "i2"), ("u2", "i2")]):
+        ledger.record({"user_id": user, "item_id": item, "ts": float(ts)}, resend=False)
+    ledger.record({"user_id": "u2", "item_id": "i1", "ts": 9.0}, resend=True)  # a re-send counts nothing
+    assert ledger.windows_full_at(2, 2) == 4.0  # u2's second rating
+    assert ledger.windows_full_at(2, 1) == 4.0
+    assert ledger.windows_full_at(3, 2) is None  # u2 never got 3
+
+
 @pytest.mark.parametrize("side", ["user", "item"])
 def test_a_correct_final_state_passes_the_checks(side):
     _, ledger = sent_ratings()
@@ -158,7 +168,7 @@ def fake_run(t0: float, lose_one: bool) -> tuple[dict, list[dict]]:
                     "swapped_at": t0 + 46},
            "phases": {"load_start": t0, "load_end": t0 + 55, "drained_s": 3.0}, "checks": checks,
            "latency": (sent, np.full(len(sent), 0.05)), "logs": {"w0": "x: commits stalled at 7 for 15 s"},
-           "capacity_per_s": 40.0, "rate_per_s": 20.0, "resent": 4, "probe": {}}
+           "capacity_per_s": 40.0, "rate_per_s": 20.0, "resent": 4, "probe": {}, "windows_full_at": t0 + 40}
     return raw, samples
 
 
@@ -173,6 +183,9 @@ def test_the_report_gives_the_verdict_the_table_and_the_plot(tmp_path, lose_one)
     assert result["failures"] == (["users: lost 1", "users: table_count_wrong 1"] if lose_one else [])
     assert result["kills"][0]["t"] == 20.0 and result["swap"]["swapped_at"] == 46.0  # relative to the load
     assert result["rss"]["witness"]["growth_pct"] == pytest.approx(100 * (360 - 310) / 310)
+    assert result["rss"]["windows_full_s"] == 40.0  # growth measured again from the sample the state was full
+    assert result["rss"]["after_full"]["witness"]["growth_pct"] == pytest.approx(100 * (360 - 340) / 340)
+    assert result["rss"]["after_full"]["measured"].keys() == {"w0#1", "w1#2"}  # w1's first life ended before it
     assert result["replays"] == {"metric_total": 1.0, "log_lines": 1, "fetch_skips_logged": 0, "swaps_logged": 0}
     assert result["retraining"]["cores"]["trainer"] == pytest.approx(0.9)
     assert result["steady"]["committed_per_s"] == pytest.approx(20.0)
