@@ -119,7 +119,8 @@ class Settings:
         8, "MB of RocksDB memtables all of a worker's table partitions share (standbys included): past ~90% the "
         "partition being written flushes to disk", "stream")
     rocksdb_cache_mb: int = _setting(
-        8, "MB of the one RocksDB block cache all of a worker's table partitions share", "stream")
+        2, "MB of the one RocksDB block cache all of a worker's table partitions share (the decoded-row caches "
+        "above it serve the hot rows)", "stream")
     broker_port: int = _setting(9092, "port of the embedded tansu broker (`recsys broker`)", "stream")
 
     @classmethod
