@@ -76,8 +76,8 @@ class Slot:
 
 
 def memory_mb(samples: dict | None) -> dict[str, float]:
-    """Where a worker's memory is, by its own gauges (refreshed every 15 s): RocksDB memtables, block cache and
-    table readers, glibc heap in use and freed-but-kept."""
+    """Where a worker's memory is, by its own gauges (refreshed every 15 s), in MB: RocksDB memtables, block cache,
+    table readers and write buffers, glibc heap in use and freed-but-kept; and its RocksDB databases (a count)."""
     mb = 1 / (1 << 20)
     return {"memtables": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="memtables") * mb,
             "block_cache": metric_sum(samples, "recsys_rocksdb_memory_bytes", kind="block_cache") * mb,

@@ -127,7 +127,7 @@ def rss_growth(samples: list[dict], warmup: float, t0: float, full_at: float | N
     """Per worker process (slot, incarnation) living at least 2 x warmup under load: RSS at its end against its RSS
     `warmup` s after it started or the load did, whichever came last. `witness`: the never-killed first worker.
     `after_full`: the same, from the first sample after every entity's window was full (`full_at`, when the state
-    stopped growing by design) for processes that lived `warmup` s past it."""
+    stopped growing by design), for processes warmed up by then and alive at least a second after it."""
     lives = collections.defaultdict(list)
     for s in samples:
         for name, w in s["workers"].items():
@@ -137,16 +137,17 @@ def rss_growth(samples: list[dict], warmup: float, t0: float, full_at: float | N
               "peak_mb": max((rss for points in lives.values() for _, rss, _ in points), default=None),
               "windows_full_s": None if full_at is None else full_at - t0}
     if full_at is not None:
-        result["after_full"] = _growth(lives, t0, lambda start: max(start + warmup, full_at), 0.0)
+        result["after_full"] = _growth(lives, t0, lambda start: max(start + warmup, full_at), 1.0)
     return result
 
 
 def _growth(lives: dict, t0: float, base_at, min_after: float) -> dict:
+    """RSS growth of each life alive `min_after` s past its base sample (at `base_at(start)`), and their summary."""
     growth = {}
     for life, points in lives.items():
         start, end = max(points[0][0], t0), points[-1][0]
         at = base_at(start)
-        if end - at < max(min_after, 1.0):
+        if end - at < min_after:
             continue
         base_t, base, parts = next((t, rss, parts) for t, rss, parts in points if t >= at)
         growth[life] = {"life_s": end - start, "base_t": base_t, "warm_mb": base, "end_mb": points[-1][1],
