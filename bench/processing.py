@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=40, help="events per agent batch (a busy worker's mean: ~35-40)")
     p.add_argument("--recommend", choices=("on", "off"), default="on", help="top-N after each batch (rec-on)")
     p.add_argument("--profile", type=int, default=0, help="print the N costliest functions (cProfile)")
+    p.add_argument("--sort", default="cumulative", help="order of --profile's list (cumulative, tottime, ...)")
     p.add_argument("--out", default=str(RESULTS / "processing.json"))
     args = p.parse_args(argv)
 
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     print("outputs per rating: " + ", ".join(f"{k} {v:.2f}" for k, v in result["outputs_per_rating"].items()))
     if profiler:
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(profiler, stream=text).sort_stats(args.sort).print_stats(args.profile)
         print(text.getvalue())
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

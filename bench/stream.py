@@ -407,8 +407,12 @@ def rating_events(rec_ids: dict, popularity: np.ndarray, n: int, rng: np.random.
              "rating": int(s), "ts": now} for u, i, s in zip(users, items, stars, strict=True)]
 
 
-def drain(run: Run, producer, events: list[dict], timeout: float, profile: str | None, log) -> dict:
-    """Pre-produce the events, start the worker, time it from its first processed rating to the last."""
+def drain(run: Run, producer, events: list[dict], timeout: float, profile: str | None, log,
+          broker_pid: int | None = None) -> dict:
+    """Pre-produce the events, start the worker, time it from its first processed rating to the last; CPU time of
+    the worker and of the broker over the same span (which of the two is the ceiling on these 2 cores)."""
+    from procstat import cpu_s  # bench/ is on sys.path when run as a script
+
     for e in events:
         producer.send(run.topics["ratings"], e, key=e["user_id"])
     producer.flush()
@@ -423,6 +427,7 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
         now = time.perf_counter()
         if first is None and taken > 0:
             first = (now, taken)
+            cpu0 = (cpu_s(run.process.pid), cpu_s(broker_pid))
             if profile:
                 spy = start_profile(run, profile, log)
         if done >= n:
@@ -433,6 +438,10 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
     if spy is not None:
         stop_profile(spy, log)
     elapsed = now - first[0]
+    cpu1 = (cpu_s(run.process.pid), cpu_s(broker_pid))
+    done_n = n - first[1]
+    cpu_ms = {who: (b - a) * 1000 / done_n if a is not None and b is not None and done_n else None
+              for who, a, b in zip(("worker", "broker"), cpu0, cpu1, strict=True)}
     rss = run.rss_mb()
     batches = run.batch_sizes()
     written = {k: v for k, v in run.published().items() if k not in INPUTS and not k.startswith("__")}
@@ -441,7 +450,7 @@ def drain(run: Run, producer, events: list[dict], timeout: float, profile: str |
             "messages": {k: c for k, (c, _) in written.items()},
             "messages_per_rating": {k: c / n for k, (c, _) in written.items()},
             "bytes_per_rating": {k: b / n for k, (_, b) in written.items()}, "worker_rss_mb": rss,
-            "mean_batch": batches}
+            "mean_batch": batches, "cpu_ms_per_rating": cpu_ms}
 
 
 def start_profile(run: Run, out: str, log):
@@ -575,13 +584,15 @@ def stream(artifacts: Path, profile: dict, kinds: list[str], profile_svg: str | 
                     events = rating_events(rec_ids, popularity, n, rng, distinct_users=False)
                     try:
                         res = {"drain": drain(run, producer, events, 600, profile_svg if kind == profile_kind else None,
-                                              log)}
+                                              log, broker.pid)}
+                        cpu = res["drain"]["cpu_ms_per_rating"]
                         log(f"  {res['drain']['ratings_per_s']:.0f} ratings/s "
                             f"({res['drain']['seconds']:.1f} s); messages/rating "
                             + ", ".join(f"{k} {v:.2f}" for k, v in res["drain"]["messages_per_rating"].items())
                             + f"; bytes/rating {sum(res['drain']['bytes_per_rating'].values()):.0f}"
                             + f"; worker RSS {fmt(res['drain']['worker_rss_mb'])} MB; mean batch "
-                            + ", ".join(f"{k} {v:.1f}" for k, v in res["drain"]["mean_batch"].items()))
+                            + ", ".join(f"{k} {v:.1f}" for k, v in res["drain"]["mean_batch"].items())
+                            + f"; CPU ms/rating worker {fmt(cpu['worker'], '.2f')}, broker {fmt(cpu['broker'], '.2f')}")
                         if run.base != "noop":
                             res["latency"] = {}
                             for rate, duration in profile["loads"]:
@@ -637,18 +648,20 @@ def table(result: dict) -> str:
     noop = s.get("noop", {}).get("drain", {}).get("ratings_per_s")
     if s:
         lines.append(f"{'worker':16} {'ratings/s':>10} {'x no-op':>8} {'msgs out/rating':>16} {'bytes/rating':>13} "
-                     f"{'RSS MB':>7}   event-to-publish p50/p99 ms by offered load")
+                     f"{'RSS MB':>7} {'CPU ms/rating w+b':>17}   event-to-publish p50/p99 ms by offered load")
         for kind, res in s.items():
             d = res["drain"]
             ratio = d["ratings_per_s"] / noop if noop else None
             outs = sum(d["messages_per_rating"].values())
             size = sum(d.get("bytes_per_rating", {}).values())
+            cpu = d.get("cpu_ms_per_rating", {})
+            cpu_text = f"{fmt(cpu.get('worker'), '.2f')}+{fmt(cpu.get('broker'), '.2f')}"
             lat = "  ".join(
                 f"{k}/s: {fmt(v[m]['p50_ms'])}/{fmt(v[m]['p99_ms'])} ({v[m]['received']}/{v['events']})"
                 for k, v in res.get("latency", {}).items()
                 for m in [main_output(kind)])
             lines.append(f"{kind:16} {d['ratings_per_s']:10.0f} {fmt(ratio, '.3f'):>8} {outs:16.2f} {size:13.0f} "
-                         f"{fmt(d.get('worker_rss_mb')):>7}   {lat}")
+                         f"{fmt(d.get('worker_rss_mb')):>7} {cpu_text:>17}   {lat}")
     m = result.get("micro")
     if m:
         f = m["foldin_vectors_per_s"]

@@ -91,6 +91,18 @@ def test_sampled_subsets_are_distinct_and_exclude_the_target():
     assert mask[0].all() and mask[2].sum(-1).eq(2).all() and not mask[3].any()  # 1 rating - target = 0
 
 
+def test_seeded_subsets_are_uniform_distinct_and_depend_on_seed_and_count_alone():
+    count = np.array([64, 64, 9, 200])  # 200: past the pattern banks, drawn on its own
+    pos, mask = seeded_positions(count, k=32, m=8, seeds=[5, 6, 7, 8])
+    assert mask.all() and all(len(set(row)) == 8 for row in pos.reshape(-1, 8).tolist())
+    assert all((pos[b] < n).all() for b, n in enumerate(count)) and not np.array_equal(pos[0], pos[1])
+    alone, _ = seeded_positions(count[[3, 0]], k=32, m=8, seeds=[8, 5])
+    assert np.array_equal(alone, pos[[3, 0]])  # the same in any batch
+    many, _ = seeded_positions(np.full(4000, 10), k=32, m=8, seeds=list(range(4000)))
+    share = np.bincount(many.ravel(), minlength=10) / many.size
+    assert np.allclose(share, 0.1, atol=0.005)  # every position equally likely
+
+
 def test_fewer_than_m_ratings_fill_with_replacement_and_mask():
     pos, mask = seeded_positions(np.array([3]), k=4, m=6, seeds=[1])
     assert (mask.sum(-1) == 3).all()

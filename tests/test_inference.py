@@ -98,6 +98,10 @@ def test_numpy_networks_compute_what_the_torch_modules_compute(variant):
     numpy_scored = net.predictor.score_items(net.predictor.item_part(f32[2], f32[3]), f32[2], f32[0], f32[1], f32[4])
     np.testing.assert_allclose(numpy_scored, scored, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(numpy_scored.reshape(-1, DIMS["rates"]), forward, rtol=1e-4, atol=1e-5)
+    owner, rows = np.array([2, 0, 2, 1]), np.array([10, 3, 0, 3])  # any pairs, users repeated
+    part = net.predictor.item_part(f32[2], f32[3])
+    paired = net.predictor.score_pairs(part[rows], f32[2][rows], f32[0], f32[1], f32[4], owner)
+    np.testing.assert_allclose(paired, forward.reshape(users, items, -1)[owner, rows], rtol=1e-4, atol=1e-5)
 
 
 def test_networks_share_the_trained_models_memory():

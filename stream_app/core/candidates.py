@@ -40,11 +40,6 @@ def basis(vectors: np.ndarray, features: np.ndarray) -> np.ndarray:
     return np.hstack([vectors, features, np.ones((len(vectors), 1), np.float32)]).astype(np.float32)
 
 
-def basis_columns(vectors: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """basis() transposed, [d, n_items] and contiguous: `weights @ it` scores every item fastest."""
-    return np.ascontiguousarray(basis(vectors, features).T)
-
-
 @functools.lru_cache(maxsize=8)
 def probe_rows(n_items: int, probes: int, seed: int = 0) -> np.ndarray:
     """A fixed sample of catalogue rows (the same for a catalogue size; read-only)."""
@@ -65,7 +60,7 @@ def fit_weights(probe_basis: np.ndarray, probe_scores: np.ndarray) -> np.ndarray
 def candidate_rows(columns: np.ndarray, weights: np.ndarray, prior: np.ndarray, k: int,
                    exclude: list[np.ndarray]) -> list[np.ndarray]:
     """Per user, the k rows with the best candidate score (basis @ w + prior), skipping its excluded rows;
-    columns: basis_columns() of every item."""
+    columns: basis() of every item, transposed ([d, n_items])."""
     scores = np.ascontiguousarray(weights) @ columns  # [B, n_items]
     scores += prior
     n_items, out = columns.shape[1], []

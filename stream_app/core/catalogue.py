@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+CHANGE_LOG = 4096  # upserts remembered for derived()'s row updates (more behind: recomputed in full)
+
 
 class Catalogue:
     """Vectors, encoded side data and rating counts of entities, addressable by raw id, growing in place.
@@ -21,6 +23,7 @@ class Catalogue:
         self._counts = np.zeros(n, np.float32) if counts is None else np.array(counts, np.float32).reshape(n)
         self.version = 0  # bumped on every change, so callers can cache derived arrays
         self._derived: dict = {}
+        self._changes: list[int] = []  # the row each of the last versions changed (at most CHANGE_LOG)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -46,11 +49,24 @@ class Catalogue:
         return self._counts[: len(self._ids)]
 
     def derived(self, key, compute):
-        """compute(vectors, features), cached until the catalogue changes (e.g. the predictor's item part)."""
+        """compute(vectors, features, counts) of every row (an array, or a tuple of arrays, one row per entity,
+        each row a function of its own entity alone), kept up to date: after a few upserts only their rows
+        are computed again (e.g. the predictor's item part, the candidate basis)."""
         hit = self._derived.get(key)
-        if hit is None or hit[0] != self.version:
-            hit = self._derived[key] = (self.version, compute(self.vectors, self.features))
-        return hit[1]
+        if hit is not None and hit[0] == self.version:
+            return hit[1]
+        behind = self.version - hit[0] if hit is not None else None
+        n = len(self._ids)
+        if behind is None or behind > len(self._changes) or behind > n // 8 or _rows(hit[1]) != n:
+            value = compute(self.vectors, self.features, self.counts)
+        else:  # same rows as before, a few of them changed
+            rows = np.unique(np.asarray(self._changes[len(self._changes) - behind:], np.int64))
+            value = hit[1]
+            fresh = compute(self.vectors[rows], self.features[rows], self.counts[rows])
+            for old, new in zip(_parts(value), _parts(fresh), strict=True):
+                old[rows] = new
+        self._derived[key] = (self.version, value)
+        return value
 
     def index_of(self, raw_id: object) -> int | None:
         return self._index.get(str(raw_id))
@@ -69,6 +85,9 @@ class Catalogue:
         if count is not None:
             self._counts[row] = count
         self.version += 1
+        self._changes.append(row)
+        if len(self._changes) > 2 * CHANGE_LOG:
+            del self._changes[:-CHANGE_LOG]
         return row
 
     def _append(self, key: str) -> int:
@@ -82,3 +101,11 @@ class Catalogue:
         self._ids.append(key)
         self._index[key] = row
         return row
+
+
+def _parts(value) -> tuple[np.ndarray, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _rows(value) -> int:
+    return len(_parts(value)[0])

@@ -172,6 +172,15 @@ class Recommender:
                                              _f32(self.schema.encode_context(np.asarray(ts))))
         return self.schema.decode_stars(np.clip(raw[..., 0], -1, 1))
 
+    def score_pairs(self, items: tuple[np.ndarray, np.ndarray], rows: np.ndarray, owner: np.ndarray, user_vecs,
+                    user_data, ts) -> np.ndarray:
+        """[P] predicted stars of the pairs (user owner[p], item rows[p]) for B users at times ts [B] (`items`
+        from item_part over a catalogue): predict_rates()[:, 0] of those pairs, the item side computed once."""
+        vecs, part = items
+        raw = self.net.predictor.score_pairs(part[rows], vecs[rows], _f32(user_vecs), _f32(user_data),
+                                             _f32(self.schema.encode_context(np.asarray(ts))), owner)
+        return self.schema.decode_stars(np.clip(raw[:, 0], -1, 1))
+
     def predict(self, user: int, items: np.ndarray, ts: float | None = None,
                 user_vector: np.ndarray | None = None, user_data: np.ndarray | None = None) -> np.ndarray:
         """Predicted stars of known items for a known user (or a folded-in vector)."""
@@ -230,8 +239,19 @@ def entity_seed(seed: int, side: str, key: int | str) -> int:
     """A stable 63-bit seed for one entity's sampling (str keys hashed without Python's salt)."""
     if isinstance(key, str):
         key = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    mix = np.random.SeedSequence([seed, SIDES.index(side), int(key) & 0xFFFFFFFFFFFFFFFF])
-    return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
+    x = (int(key) ^ _mix(int(seed) * 2 + SIDES.index(side))) & _U64
+    return _mix(x) >> 1
+
+
+_U64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """SplitMix64's step on a Python int: nearby inputs give unrelated outputs."""
+    x = (x + 0x9E3779B97F4A7C15) & _U64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
+    return x ^ (x >> 31)
 
 
 def _f32(a) -> np.ndarray:

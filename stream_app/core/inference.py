@@ -11,6 +11,7 @@ against the torch modules.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -129,6 +130,25 @@ class Predictor:
         return out
 
 
+    def score_pairs(self, item_part, item_vec, user_vec, user_data, context, owner) -> np.ndarray:
+        """[P, n_rates]: __call__ of P (user owner[p], item p) pairs, item_part/item_vec given per pair (rows of
+        item_part()), each user's share of the first layer computed once."""
+        w_u, _, w_ui, w_ud, _, w_c = self._first()
+        n = self.n_dim
+        u, i = user_vec[:, :n], item_vec[:, :n]
+        user_part = u @ w_u.T + user_data @ w_ud.T + context @ w_c.T  # [B, hidden]
+        inter = u[owner] * i
+        hidden = inter @ w_ui.T
+        hidden += item_part
+        hidden += user_part[owner]
+        out = self.heads(self.body(hidden, skip_first=True))
+        if self.dot is not None:
+            out += inter @ self.dot.T
+        if self.global_mean is not None:
+            out[:, 0] += self.global_mean + user_vec[owner, n] + item_vec[:, n]
+        return out
+
+
 class FrozenNetworks:
     """The encoders, predictor and serving constants of one trained model, as numpy arrays."""
 
@@ -218,22 +238,56 @@ class FrozenNetworks:
         return self.shrink_to_cold(vectors, cold, count, prior)
 
 
+_MIX1, _MIX2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, elementwise on uint64 (wrapping): a counter-based random number per input."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+PATTERNS = 256  # subset patterns drawn per window size; an entity uses the one its seed picks
+BANK_MAX = 128  # counts up to this use the banks (serving windows); longer histories draw their own
+
+
 def seeded_positions(count: np.ndarray, k: int, m: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """k subsets of m distinct positions (fewer than m ratings: the rest drawn with replacement, mask False) for
-    each entity; entity b's subsets depend only on seeds[b], so a vector folded in alone or in any batch is the
-    same."""
-    b = len(seeds)
-    pos = np.zeros((b, k, m), dtype=np.int64)
-    mask = np.zeros((b, k, m), dtype=bool)
-    for row, (n, seed) in enumerate(zip(np.asarray(count).tolist(), seeds, strict=True)):
-        if n == 0:
-            continue
-        rng = np.random.default_rng(seed)
-        take = min(n, m)
-        pos[row, :, :take] = np.argsort(rng.random((k, n)), axis=1)[:, :take]
-        if take < m:
-            pos[row, :, take:] = rng.integers(0, n, size=(k, m - take))
-        mask[row, :, :take] = True
+    """k subsets of m distinct positions (fewer than m ratings: all of them, the rest drawn with replacement,
+    mask False) for each entity; entity b's subsets depend only on seeds[b] and its count, so a vector folded
+    in alone or in any batch, in any process, is the same.
+
+    Each entity's k subsets are independent uniform draws. Up to BANK_MAX ratings they come from a bank of
+    PATTERNS draws per count (`subset_patterns`): one lookup per entity instead of k sorts."""
+    count = np.asarray(count, np.int64).reshape(-1)
+    pos = np.zeros((len(count), k, m), np.int64)
+    mask = np.zeros((len(count), k, m), bool)
+    for row, (n, seed) in enumerate(zip(count.tolist(), seeds, strict=True)):
+        if 0 < n <= BANK_MAX:
+            bank, bank_mask = subset_patterns(n, k, m)
+            pos[row], mask[row] = bank[seed % PATTERNS], bank_mask
+        elif n > BANK_MAX:
+            rng = np.random.default_rng(seed)
+            pos[row] = np.argsort(rng.random((k, n)), axis=1)[:, :m]
+            mask[row] = True
+    return pos, mask
+
+
+@functools.lru_cache(maxsize=BANK_MAX)
+def subset_patterns(n: int, k: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """PATTERNS x k subsets of min(n, m) distinct positions out of n, padded to m with positions drawn with
+    replacement (mask False), from a generator seeded by (n, k, m) alone: the same in every process."""
+    rng = np.random.default_rng([n, k, m])
+    take = min(n, m)
+    pos = np.argsort(rng.random((PATTERNS, k, n)), axis=2)[:, :, :take]
+    if take < m:
+        pos = np.concatenate([pos, rng.integers(0, n, size=(PATTERNS, k, m - take))], axis=2)
+    mask = np.zeros((k, m), bool)
+    mask[:, :take] = True
+    pos = pos.astype(np.uint8)  # n <= BANK_MAX: 64 KB a bank at k 32, m 8
+    pos.setflags(write=False)
+    mask.setflags(write=False)
     return pos, mask
 
 

@@ -247,7 +247,7 @@ class FoldInService:
         if self.two_stage.applies(n_items):
             return self._recommend_two_stage(queries)
         ids = self.catalogue.ids
-        items = self.catalogue.derived("predictor_items", self.rec.item_part)
+        items = self.catalogue.derived("predictor_items", lambda v, f, _: self.rec.item_part(v, f))
         per_call = max(1, ROWS_PER_PREDICT // n_items)
         for start in range(0, len(queries), per_call):
             part = queries[start:start + per_call]
@@ -264,23 +264,23 @@ class FoldInService:
         """Top-n over a large catalogue: candidates by a dot-product score, exact scores for them only
         (core/candidates.py)."""
         cat, rec, plan = self.catalogue, self.rec, self.two_stage
-        vectors, features, counts, ids = cat.vectors, cat.features, cat.counts, cat.ids
-        prior = cat.derived("popularity_prior", lambda v, f: rec.rank_scores(np.zeros(len(v), np.float32),
-                                                                             cat.counts).astype(np.float32))
+        counts, ids = cat.counts, cat.ids
+        prior = cat.derived("popularity_prior", lambda v, f, counts: rec.rank_scores(np.zeros(len(v), np.float32),
+                                                                                     counts).astype(np.float32))
         probes = probe_rows(len(cat), plan.probes, plan.seed)
         uv = np.stack([self.user_vector(q.user_id, q.state) for q in queries])
         ud = np.stack([self.features("user", q.user_id, q.state) for q in queries])
         ts = np.asarray([q.ts for q in queries], np.float64)
-        pv, pf = vectors[probes], features[probes]
-        weights = cs.fit_weights(cs.basis(pv, pf), rec.score_items(rec.item_part(pv, pf), uv, ud, ts))
+        items = cat.derived("predictor_items", lambda v, f, _: rec.item_part(v, f))
+        basis = cat.derived("candidate_basis", lambda v, f, _: cs.basis(v, f))
+        weights = cs.fit_weights(basis[probes], rec.score_items((items[0][probes], items[1][probes]), uv, ud, ts))
         exclude = [np.fromiter(self.excluded_rows(q.user_id, q.state), np.int64) for q in queries]
         k = max(plan.candidates, max(int(q.n) for q in queries))
-        rows = cs.candidate_rows(cat.derived("candidate_basis", cs.basis_columns), weights, prior, k, exclude)
-        # every user's candidates scored in one predictor call over (user, candidate) pairs
+        rows = cs.candidate_rows(basis.T, weights, prior, k, exclude)
+        # every user's candidates scored at once over (user, candidate) pairs
         flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         owner = np.repeat(np.arange(len(queries)), [len(r) for r in rows])
-        stars = (rec.predict_rates(uv[owner], ud[owner], vectors[flat], features[flat], ts[owner])[:, 0]
-                 if len(flat) else np.zeros(0, np.float32))
+        stars = rec.score_pairs(items, flat, owner, uv, ud, ts) if len(flat) else np.zeros(0, np.float32)
         results, start = [], 0
         for q, cand in zip(queries, rows, strict=True):
             mine, start = stars[start:start + len(cand)], start + len(cand)
