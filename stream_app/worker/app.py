@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -32,7 +33,7 @@ from stream_app.errors import EventError
 from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
-from stream_app.stream.codec import RowCache, RowDecodeError, decode_row, encode_row
+from stream_app.stream.codec import RowCache, RowDecodeError, decode_row, encode_row, json_bytes
 from stream_app.stream.health import Readiness
 from stream_app.stream.item_batch import parse_item_event, process_items, restore_catalogue
 from stream_app.stream.lag import LagMonitor, sample_offsets
@@ -83,6 +84,7 @@ class Runtime:
                         "item_vectors": app.topic(s.topic_item_vectors, **out),
                         "recommendations": app.topic(s.topic_recommendations, **out),
                         "catalogue": app.topic(tp.catalogue_topic(s), **out)}
+        self.output_names = {key: topic.get_topic_name() for key, topic in self.outputs.items()}
         self.dead_letters = app.topic(s.topic_dead_letters, **out)
         table = dict(partitions=s.partitions, key_type=str, value_type=bytes, default=None,  # rows: stream/codec.py
                      options={"driver": "rocksdict", **ROCKSDB_OPTIONS})
@@ -167,22 +169,25 @@ class Runtime:
             await self.raw_topics[rekey.event.topic].send(key=rekey.entity_id.encode(), value=rekey.event.value,
                                                           headers={tp.REKEYED_HEADER: b"1"})
             self.metrics.events.labels(topic=rekey.event.topic, outcome="rekeyed").inc()
-        for topic, outcome in out.counts:
-            self.metrics.events.labels(topic=topic, outcome=outcome).inc()
+        for key, n in Counter(out.counts).items():
+            self.metrics.events.labels(topic=key[0], outcome=key[1]).inc(n)
         for entity_id, (state, event) in out.writes.items():
             raw = encode_row(state)
             with event_context(event.handle):
                 table[entity_id] = raw
             cache.put(entity_id, raw, state)
         now = time.time()
+        producer = self.app.producer  # straight to it: Faust's Topic.send adds a future and sensors per message
         for o in out.outputs:
-            topic = self.outputs[o.topic]
-            await topic.send(key=o.key.encode(), value=o.payload(), timestamp=o.timestamp)
-            self.metrics.published.labels(topic=topic.get_topic_name()).inc()
+            name = self.output_names[o.topic]
+            await producer.send(name, o.key.encode(), json_bytes(o.payload()), None, o.timestamp, None)
             if o.metric is not None:
+                latency = self.metrics.event_to_publish.labels(output=o.metric)
                 for event in o.sources:
                     if event.timestamp:
-                        self.metrics.event_to_publish.labels(output=o.metric).observe(max(0.0, now - event.timestamp))
+                        latency.observe(max(0.0, now - event.timestamp))
+        for name, n in Counter(o.topic for o in out.outputs).items():
+            self.metrics.published.labels(topic=self.output_names[name]).inc(n)
 
     async def dead_letter(self, event: RawEvent, error: EventError) -> None:
         letter = ev.dead_letter(event.topic, event.partition, event.offset, event.value, error)
