@@ -52,3 +52,12 @@ def test_a_partition_with_nothing_handled_for_long_is_held_back_and_revoking_for
     progress.forget(["p0"])
     progress.assigned(["p0"], now=100.0)
     assert not progress.holds_back("p0", committed=5, now=101.0, timeout=10)
+
+
+def test_held_back_keeps_only_partitions_with_events_past_a_commit_that_waits_for_a_missing_one():
+    progress = Progress()
+    progress.handled("p0", 105, now=1.0)  # past its commit: the commit waits for an unhandled event
+    progress.handled("p1", 40, now=1.0)  # behind its events: busy, not held back
+    ends = {"p0": (110, 100), "p1": (110, 41), "p2": (100, 100), "p3": (None, 5)}  # p2 caught up, p3 unfetched
+    assert progress.held_back(ends, now=2.0, timeout=10) == {"p0": 100}
+    assert progress.held_back(ends, now=2.0 + IDLE_FACTOR * 10, timeout=10) == {"p0": 100, "p1": 41}

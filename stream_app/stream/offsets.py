@@ -17,8 +17,11 @@ minutes on one worker, its lag at 40 000 events per partition).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Iterable, Mapping
 
+offsets_log = logging.getLogger("stream_app.offsets")  # seeks and commits, one line each (Settings.log_offsets)
+offsets_log.setLevel(logging.WARNING)
 IDLE_FACTOR = 4  # no event of a partition handled for this many stall timeouts: held back even with no hole
 
 
@@ -93,3 +96,24 @@ class Progress:
         if frontier is not None and (committed is None or frontier >= committed):
             return True
         return now - self._since.get(tp, now) >= IDLE_FACTOR * timeout
+
+    def held_back(self, partitions: Mapping[Hashable, tuple[int | None, int | None]], now: float,
+                  timeout: float) -> dict[Hashable, int | None]:
+        """partitions: input partition -> (its end offset from the last fetch or None, its committed offset).
+        Returns partition -> committed offset of those with events past their commit that `holds_back`."""
+        self.assigned(partitions, now)
+        return {tp: committed for tp, (end, committed) in partitions.items()
+                if end and (committed or 0) < end and self.holds_back(tp, committed, now, timeout)}
+
+
+def log_offsets(on: bool) -> None:
+    """Log every seek, assignment and commit of an input partition (INFO on "stream_app.offsets")."""
+    offsets_log.setLevel(logging.INFO if on else logging.WARNING)
+
+
+def partition_names(tps) -> str:
+    return " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps))
+
+
+def partition_offsets(offsets: Mapping) -> str:
+    return " ".join(f"{tp.topic}[{tp.partition}]={offset}" for tp, offset in sorted(offsets.items()))

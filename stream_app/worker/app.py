@@ -38,13 +38,14 @@ from stream_app.stream.health import Readiness
 from stream_app.stream.item_batch import parse_item_event, process_items, restore_catalogue
 from stream_app.stream.lag import LagMonitor, sample_offsets
 from stream_app.stream.metrics import CONTENT_TYPE, StreamMetrics
+from stream_app.stream.offsets import log_offsets
 from stream_app.stream.processing import Context, Outcome, RateLimiter, RawEvent, prepare, read_rows
 from stream_app.stream.service import FoldInService
 from stream_app.stream.user_batch import parse_user_event, process_users
 from stream_app.stream.web import WebServer
 from stream_app.worker import memory, rocks
 from stream_app.worker import topics as tp
-from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context, log_offsets
+from stream_app.worker.delivery import FastFetchApp, StallReplayer, event_context
 from stream_app.worker.services import CatalogueSync, ModelPoller
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,12 @@ class Runtime:
         now = time.time()
         producer = self.app.producer  # straight to it: Faust's Topic.send adds a future and sensors per message
         for o in out.outputs:
-            name = self.output_names[o.topic]
-            await producer.send(name, o.key.encode(), json_bytes(o.payload()), None, o.timestamp, None)
+            await producer.send(self.output_names[o.topic], o.key.encode(), json_bytes(o.payload()), None, o.timestamp,
+                                None)
             if o.metric is not None:
                 latency = self.metrics.event_to_publish.labels(output=o.metric)
-                for event in o.sources:
-                    if event.timestamp:
-                        latency.observe(max(0.0, now - event.timestamp))
+                for event in (e for e in o.sources if e.timestamp):
+                    latency.observe(max(0.0, now - event.timestamp))
         for name, n in Counter(o.topic for o in out.outputs).items():
             self.metrics.published.labels(topic=self.output_names[name]).inc(n)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -108,3 +109,26 @@ def consumer_timeouts(session_timeout: float) -> dict[str, float]:
     session = max(float(session_timeout), 1.0)
     return dict(broker_session_timeout=session, broker_rebalance_timeout=session,
                 broker_heartbeat_interval=max(session / 6.0, 0.2), broker_request_timeout=max(30.0, session))
+
+
+async def fetched_highwaters(app, listed: dict, timeout: float = 10.0) -> dict:
+    """The high watermark of each partition as a fetch response reports it (read from just before `listed`)."""
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in app.conf.broker_consumer)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             fetch_max_wait_ms=10, max_partition_fetch_bytes=1024)
+    await probe.start()
+    try:
+        tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in listed}
+        probe.assign(list(tps.values()))
+        for tp, ktp in tps.items():
+            probe.seek(ktp, max(int(listed[tp]) - 1, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(probe.highwater(k) is None for k in tps.values()) and loop.time() < deadline:
+            await probe.getmany(timeout_ms=100)
+        return {tp: probe.highwater(k) or 0 for tp, k in tps.items()}
+    finally:
+        await probe.stop()
