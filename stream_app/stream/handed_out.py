@@ -10,16 +10,21 @@ such event.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Handed(NamedTuple):
+    event: Any
+    epoch: int  # of the fetch that brought it
 
 
 class HandedOut:
     def __init__(self):
-        self._events: dict[Hashable, dict[int, tuple[Any, int]]] = {}
+        self._events: dict[Hashable, dict[int, Handed]] = {}
 
     def add(self, tp: Hashable, offset: int, event: Any, epoch: int) -> None:
         """`event`, at `offset` of partition `tp`, was handed out by a fetch of epoch `epoch`."""
-        self._events.setdefault(tp, {})[offset] = (event, epoch)
+        self._events.setdefault(tp, {})[offset] = Handed(event, epoch)
 
     def handled(self, tp: Hashable, offset: int) -> None:
         self._events.get(tp, {}).pop(offset, None)
@@ -32,7 +37,7 @@ class HandedOut:
     def fresh(self, tp: Hashable, offset: int, seek_epoch: int) -> bool:
         """Whether that event was handed out since its partition's last seek (of epoch `seek_epoch`)."""
         entry = self._events.get(tp, {}).get(offset)
-        return entry is not None and entry[1] >= seek_epoch
+        return entry is not None and entry.epoch >= seek_epoch
 
     def dropped(self, seek_epochs: Mapping[Hashable, int], taken: Callable[[Any], bool]) -> dict[Hashable, int]:
         """Per partition, the first offset handed out since its last seek (seek_epochs: partition -> epoch)
@@ -40,8 +45,8 @@ class HandedOut:
         out = {}
         for tp, events in self._events.items():
             since = seek_epochs.get(tp, 0)
-            events = self._events[tp] = {o: e for o, e in events.items() if e[1] >= since}
-            lost = [offset for offset, (event, _) in events.items() if not taken(event)]
+            events = self._events[tp] = {o: h for o, h in events.items() if h.epoch >= since}
+            lost = [offset for offset, h in events.items() if not taken(h.event)]
             if lost:
                 out[tp] = min(lost)
         return out

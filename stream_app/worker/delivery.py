@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 MAX_HANDLED = 1_000_000  # handled but never acked (e.g. revoked meanwhile): cleared, such events are read again
 
 
+def table_databases(table) -> list:
+    """The RocksDB databases a table holds open now, one per partition (for the memory gauges, rocks.py)."""
+    return list(table.data._dbs.values())
+
+
 @contextlib.contextmanager
 def event_context(event) -> Iterator[None]:
     """(1) Make `event` the stream's current event while its entity's table row is read or written: Faust

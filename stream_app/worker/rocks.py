@@ -18,6 +18,8 @@ from typing import NamedTuple
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 
+from stream_app.worker.delivery import table_databases
+
 MB = 1 << 20
 
 
@@ -73,7 +75,7 @@ class RocksMemory(NamedTuple):
 
 
 def memory_of(table) -> RocksMemory:
-    dbs = list(table.data._dbs.values())
+    dbs = table_databases(table)
     return RocksMemory(len(dbs), sum(_int(db, "rocksdb.cur-size-all-mem-tables") for db in dbs),
                        sum(_int(db, "rocksdb.estimate-table-readers-mem") for db in dbs))
 
