@@ -33,7 +33,7 @@ from stream_app.errors import EventError
 from stream_app.settings import Settings
 from stream_app.stream import events as ev
 from stream_app.stream import lifecycle as lc
-from stream_app.stream.codec import RowCache, RowDecodeError, decode_row, encode_row, json_bytes
+from stream_app.stream.codec import RowCache, RowDecodeError, decode_row, encode_row
 from stream_app.stream.health import Readiness
 from stream_app.stream.item_batch import parse_item_event, process_items, restore_catalogue
 from stream_app.stream.lag import LagMonitor, sample_offsets
@@ -178,10 +178,8 @@ class Runtime:
                 table[entity_id] = raw
             cache.put(entity_id, raw, state)
         now = time.time()
-        producer = self.app.producer  # straight to it: Faust's Topic.send adds a future and sensors per message
         for o in out.outputs:
-            await producer.send(self.output_names[o.topic], o.key.encode(), json_bytes(o.payload()), None, o.timestamp,
-                                None)
+            await self.outputs[o.topic].send(key=o.key.encode(), value=o.payload(), timestamp=o.timestamp)
             if o.metric is not None:
                 latency = self.metrics.event_to_publish.labels(output=o.metric)
                 for event in (e for e in o.sources if e.timestamp):
