@@ -129,7 +129,6 @@ class Predictor:
             out[..., 0] += self.global_mean + user_vec[:, n, None] + item_vec[None, :, n]
         return out
 
-
     def score_pairs(self, item_part, item_vec, user_vec, user_data, context, owner) -> np.ndarray:
         """[P, n_rates]: __call__ of P (user owner[p], item p) pairs, item_part/item_vec given per pair (rows of
         item_part()), each user's share of the first layer computed once."""
@@ -236,17 +235,6 @@ class FrozenNetworks:
         if self.config.biases:
             vectors = np.concatenate([vectors, self.fold_bias(records, count)[:, None]], axis=1)
         return self.shrink_to_cold(vectors, cold, count, prior)
-
-
-_MIX1, _MIX2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, elementwise on uint64 (wrapping): a counter-based random number per input."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
 
 
 PATTERNS = 256  # subset patterns drawn per window size; an entity uses the one its seed picks

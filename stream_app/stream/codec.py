@@ -46,13 +46,12 @@ DIGEST_BYTES = 6
 try:  # orjson when installed (Faust uses it too); the stdlib otherwise
     import orjson as _orjson
 
-    def json_bytes(value) -> bytes:
-        """Compact JSON of plain values (dicts, lists, str, numbers, None): row headers and published messages."""
+    def _dumps(value) -> bytes:
         return _orjson.dumps(value)
 
     _loads = _orjson.loads
 except ImportError:  # pragma: no cover
-    def json_bytes(value) -> bytes:
+    def _dumps(value) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
     _loads = json.loads
@@ -66,7 +65,7 @@ def encode_row(state: EntityState) -> bytes:
               "ids": [e.other_id for e in win],
               "feats": [e.features or () for e in win] if raters else None,
               "dim": dim, "vec": state.vector is not None, "raters": raters, "seen": len(state.seen)}
-    head = json_bytes(header)
+    head = _dumps(header)
     parts = [_HEAD.pack(MAGIC + bytes([VERSION]), len(head)), head, bytes.fromhex("".join(state.seen)),
              np.fromiter((e.ts for e in win), np.float64, len(win)).tobytes(),
              np.array([(_nan(e.stars), _nan(e.thumbs)) for e in win], np.float64).reshape(-1, 2).tobytes()]

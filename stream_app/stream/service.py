@@ -247,7 +247,7 @@ class FoldInService:
         if self.two_stage.applies(n_items):
             return self._recommend_two_stage(queries)
         ids = self.catalogue.ids
-        items = self.catalogue.derived("predictor_items", lambda v, f, _: self.rec.item_part(v, f))
+        items = self._item_part()
         per_call = max(1, ROWS_PER_PREDICT // n_items)
         for start in range(0, len(queries), per_call):
             part = queries[start:start + per_call]
@@ -260,6 +260,10 @@ class FoldInService:
                 results.append([(ids[i], stars) for i, stars in top])
         return results
 
+    def _item_part(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recommender.item_part of the whole catalogue, kept up to date row by row."""
+        return self.catalogue.derived("predictor_items", lambda v, f, _: self.rec.item_part(v, f))
+
     def _recommend_two_stage(self, queries: list[Query]) -> list[list[tuple[str, float]]]:
         """Top-n over a large catalogue: candidates by a dot-product score, exact scores for them only
         (core/candidates.py)."""
@@ -271,7 +275,7 @@ class FoldInService:
         uv = np.stack([self.user_vector(q.user_id, q.state) for q in queries])
         ud = np.stack([self.features("user", q.user_id, q.state) for q in queries])
         ts = np.asarray([q.ts for q in queries], np.float64)
-        items = cat.derived("predictor_items", lambda v, f, _: rec.item_part(v, f))
+        items = self._item_part()
         basis = cat.derived("candidate_basis", lambda v, f, _: cs.basis(v, f))
         weights = cs.fit_weights(basis[probes], rec.score_items((items[0][probes], items[1][probes]), uv, ud, ts))
         exclude = [np.fromiter(self.excluded_rows(q.user_id, q.state), np.int64) for q in queries]
