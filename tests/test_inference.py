@@ -29,7 +29,9 @@ VARIANTS = {
 def random_model(**over) -> AEVecModel:
     """A model with random weights and random serving constants (breathing, cold start, global mean)."""
     torch.manual_seed(0)
-    config = ModelConfig(n_dim=6, m_records=4, k_samples=5, hidden=16, predictor_hidden=12, **over)
+    # the torch modules know nothing of the residual factor (fitted after training): off unless asked for
+    config = ModelConfig(n_dim=6, m_records=4, k_samples=5, hidden=16, predictor_hidden=12,
+                         **{"residual_rank": 0, **over})
     model = AEVecModel(config, DIMS["user"], DIMS["item"], DIMS["context"], DIMS["rates"]).eval()
     with torch.no_grad():
         for name, buffer in model.named_buffers():

@@ -69,6 +69,8 @@ CONFIG_HELP = {
     "steps_per_round": "network training steps between two ID refinements (0 = from --epochs-per-round)",
     "biases": "closed-form user and item biases beside the codes (one more vector component)",
     "bias_reg": "pseudo-ratings pulling a folded-in bias toward its cold-start value",
+    "residual_rank": "width of the closed-form residual factor beside each vector (0: none)",
+    "residual_reg": "ridge penalty of the residual factor (chosen on validation when choosing is on)",
     "batch_size": "ratings per training step",
     "lr": "learning rate",
     "weight_decay": "weight decay of the optimizer",

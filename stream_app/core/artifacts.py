@@ -85,7 +85,7 @@ def save_artifact(rec: Recommender, out: str | Path, metrics: dict | None = None
 
 
 # What an artifact written before a config field existed was trained with (its manifest lacks the field).
-LEGACY_CONFIG = {"biases": False, "phi_layers": 2, "rho": "mlp", "dot_head": False}
+LEGACY_CONFIG = {"biases": False, "phi_layers": 2, "rho": "mlp", "dot_head": False, "residual_rank": 0}
 
 
 def load_artifact(path: str | Path) -> Recommender:

@@ -70,6 +70,12 @@ class ModelConfig:
     # solve, no training at serving); the predictor adds mean + user bias + item bias to its star output.
     biases: bool = True
     bias_reg: float = 10.0  # pseudo-ratings pulling a bias toward its cold-start value
+    # A closed-form residual factor beside each vector (0: none): `residual_rank` more components, fitted after
+    # training by alternating ridge solves on what the network leaves unexplained (core/residual.py) and folded
+    # in at serving by one ridge solve against the other side's factors, as the bias is. Heavy raters are where
+    # the mean of M-subset codes saturates; this part keeps sharpening with an entity's history.
+    residual_rank: int = 32
+    residual_reg: float = 8.0  # its ridge penalty (stars on [-1, 1]); chosen on the validation ratings
     # serving
     cold_ridge: float = 1.0  # ridge penalty of the side-data -> vector cold-start regression
     # Fold-in shrinkage: an entity folded in from n ratings gets (n * encoded + c * cold) / (n + c),
@@ -111,6 +117,8 @@ class ModelConfig:
             raise ValueError("popularity_weight must be >= 0")
         if self.steps_per_round < 0 or self.epochs_per_round <= 0:
             raise ValueError("steps_per_round must be >= 0 and epochs_per_round > 0")
+        if self.residual_rank < 0 or self.residual_reg <= 0:
+            raise ValueError("residual_rank must be >= 0 and residual_reg > 0")
         if self.bias_reg < 0:
             raise ValueError("bias_reg must be >= 0")
         if not 0 < self.smoothing <= 1:

@@ -81,7 +81,7 @@ class Recommender:
 
     @property
     def n_dim(self) -> int:
-        """Width of an ID vector: the code size N, plus one for the bias when the model has biases."""
+        """Width of an ID vector: the code size N, one for the bias (with biases), the residual factor's rank."""
         return self.net.vector_dim
 
     # ---- records -------------------------------------------------------------------------
@@ -118,7 +118,8 @@ class Recommender:
             keys = list(range(b)) if entity_keys is None else list(entity_keys)
             seed = self.seed if seed is None else seed
             seeds = [entity_seed(seed, side, keys[i]) for i in np.flatnonzero(has).tolist()]
-            out[has] = self.net.fold_in(side, records, start[has], count[has], seeds, out[has], prior)
+            out[has] = self.net.fold_in(side, records, start[has], count[has], seeds, out[has], prior,
+                                        data=np.asarray(side_data, np.float32).reshape(b, -1)[has])
         return out
 
     def cold_vectors(self, side: str, side_data: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ serving computes it (numpy, core/inference.py), so trained and served vectors ag
 2. `fold_in_all`: every vector folded in from all its ratings, unshrunk; the cold-start regressions fitted
    to those vectors (`fit_cold_start`); then every vector shrunk toward its cold-start vector by the fold-in
    prior, chosen on the validation ratings when they are given.
-3. `freeze`: steps 1-2 on the training part (choosing constants on validation), then once more on all the
+3. With a residual factor (core/residual.py): ALS on the network's residuals, its penalty chosen on validation.
+4. `freeze`: steps 1-3 on the training part (choosing constants on validation), then once more on all the
    ratings, the held-out validation ones included (folded in, never trained on).
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from stream_app.core.bulk import fold_in_dataset, rmse_of
 from stream_app.core.foldin import SIDES, History, Recommender
+from stream_app.core.residual import choose_residual, fit_residual
 from stream_app.data.dataset import RatingData
 
 FOLDIN_PRIORS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0)  # fold-in priors tried on validation ratings
@@ -24,18 +26,24 @@ def frozen_recommender(model, schema, data: RatingData, td, tables: dict) -> Rec
     """A recommender of the torch `model` (moved to the CPU, eval mode) with `tables` (TrainingData's ID
     tables) as its vectors."""
     model.eval()
-    vectors = {s: td.vectors(s, t).cpu().numpy() for s, t in tables.items()}
+    pad = model.config.residual_rank  # the residual factors start at zero (fitted after fold-in)
+    vectors = {s: np.pad(td.vectors(s, t).cpu().numpy(), ((0, 0), (0, pad))) for s, t in tables.items()}
     return Recommender(model.cpu(), schema, data.user_ids, data.item_ids, vectors["user"], vectors["item"],
                        td.features["user"].cpu().numpy(), td.features["item"].cpu().numpy(), seed=model.config.seed)
 
 
 def freeze(rec: Recommender, data: RatingData, train_part: RatingData, valid_part: RatingData | None,
            report: dict, log, calibrate=None) -> Recommender:
-    """Step 3 of the module docstring. calibrate(rec, train_part, valid_part) sets further serving constants on
+    """Step 4 of the module docstring. calibrate(rec, train_part, valid_part) sets further serving constants on
     the validation ratings (Trainer.fit); what it returns goes into `report`."""
     has_valid = valid_part is not None and len(valid_part) > 0
     choose = has_valid and rec.config.choose_on_validation
     fold_in_all(rec, train_part, valid_part if choose else None, report)
+    if rec.config.residual_rank:
+        if choose:
+            choose_residual(rec, train_part, valid_part, report)
+        else:
+            fit_residual(rec, train_part, rec.config.residual_reg, seed=rec.config.seed)
     if has_valid:
         rmse = rmse_of(rec, valid_part)
         report["valid_rmse_frozen"] = rmse
@@ -44,6 +52,8 @@ def freeze(rec: Recommender, data: RatingData, train_part: RatingData, valid_par
         if choose and calibrate is not None:
             report.update(calibrate(rec, train_part, valid_part))
     fold_in_all(rec, data)  # absorb the held-out validation ratings too (no training)
+    if rec.config.residual_rank:
+        fit_residual(rec, data, rec.config.residual_reg, seed=rec.config.seed)
     rec.history = History(data.user, data.item, data.rating, data.ts)
     return rec
 
@@ -83,5 +93,6 @@ def fit_cold_start(rec: Recommender, side: str, data: np.ndarray, vectors: np.nd
     x = np.concatenate([data, np.ones((len(data), 1))], axis=1).astype(np.float64)
     penalty = rec.config.cold_ridge * np.eye(x.shape[1])
     penalty[-1, -1] = 0.0
-    weights = np.linalg.solve(x.T @ x + penalty, x.T @ vectors.astype(np.float64))
-    rec.net.state[f"{side}_cold"][...] = weights.astype(np.float32)
+    cold = rec.net.state[f"{side}_cold"]  # [code, bias] columns: a cold residual factor is zero
+    target = vectors[:, :cold.shape[1]].astype(np.float64)
+    cold[...] = np.linalg.solve(x.T @ x + penalty, x.T @ target).astype(np.float32)

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from stream_app.core.config import ModelConfig
+from stream_app.core.residual import ridge_by_owner
 
 SIDES = ("user", "item")
 GATHER_FLOATS = 1 << 22  # floats gathered at once when pooling subsets (16 MB)
@@ -92,6 +93,7 @@ class Predictor:
     heads: Dense
     dot: np.ndarray | None  # [n_rates, N]
     global_mean: np.ndarray | None  # 0-d, with biases (a view: freezing sets it in place)
+    factor_at: int | None = None  # where the residual factor starts in a vector (core/residual.py), if any
 
     def __call__(self, user_vec, user_data, item_vec, item_data, context) -> np.ndarray:
         """[B, n_rates] raw outputs (stars on [-1, 1] unclamped, thumbs logit)."""
@@ -102,6 +104,8 @@ class Predictor:
             out += (u * i) @ self.dot.T
         if self.global_mean is not None:
             out[:, 0] += self.global_mean + user_vec[:, n] + item_vec[:, n]
+        if self.factor_at is not None:
+            out[:, 0] += np.einsum("ij,ij->i", user_vec[:, self.factor_at:], item_vec[:, self.factor_at:])
         return out
 
     def _first(self) -> list[np.ndarray]:
@@ -127,6 +131,8 @@ class Predictor:
             out += np.matmul(i, (self.dot[None] * u[:, None, :]).transpose(0, 2, 1))
         if self.global_mean is not None:
             out[..., 0] += self.global_mean + user_vec[:, n, None] + item_vec[None, :, n]
+        if self.factor_at is not None:
+            out[..., 0] += user_vec[:, self.factor_at:] @ item_vec[:, self.factor_at:].T
         return out
 
     def score_pairs(self, item_part, item_vec, user_vec, user_data, context, owner) -> np.ndarray:
@@ -145,6 +151,8 @@ class Predictor:
             out += inter @ self.dot.T
         if self.global_mean is not None:
             out[:, 0] += self.global_mean + user_vec[owner, n] + item_vec[:, n]
+        if self.factor_at is not None:
+            out[:, 0] += np.einsum("ij,ij->i", user_vec[owner, self.factor_at:], item_vec[:, self.factor_at:])
         return out
 
 
@@ -153,13 +161,15 @@ class FrozenNetworks:
 
     def __init__(self, config: ModelConfig, dims: dict[str, int], state: dict[str, np.ndarray]):
         self.config, self.dims, self.state = config, dict(dims), state
-        self.vector_dim = config.n_dim + (1 if config.biases else 0)
+        self.factor_at = config.n_dim + (1 if config.biases else 0)  # ID vector = [code, bias, residual factor]
+        self.vector_dim = self.factor_at + config.residual_rank
         self.encoders = {side: self._encoder(side) for side in SIDES}
         body = Dense.read(state, "predictor.body.", "relu")
         blocks = (config.n_dim,) * 3 + (dims["user"], dims["item"], dims["context"])
         heads = Dense(((state["predictor.heads.weight"], state["predictor.heads.bias"]),), None)
         self.predictor = Predictor(config.n_dim, blocks, body, heads, state.get("predictor.dot.weight"),
-                                   state["predictor.global_mean"] if config.biases else None)
+                                   state["predictor.global_mean"] if config.biases else None,
+                                   self.factor_at if config.residual_rank else None)
         self._check()
 
     def _check(self) -> None:
@@ -169,7 +179,8 @@ class FrozenNetworks:
         for side, other in (("user", "item"), ("item", "user")):
             records = np.zeros((1, v + d[other] + d["context"] + d["rates"]), np.float32)
             cold = self.cold_vectors(side, np.zeros((1, d[side]), np.float32))
-            out = self.fold_in(side, records, np.zeros(1, np.int64), np.ones(1, np.int64), [0], cold)
+            out = self.fold_in(side, records, np.zeros(1, np.int64), np.ones(1, np.int64), [0], cold,
+                               data=np.zeros((1, d[side]), np.float32))
             if out.shape != (1, v):
                 raise ValueError(f"{side} vectors come out {out.shape[1]} wide, not {v}")
         zeros = [np.zeros((1, w), np.float32) for w in (v, d["user"], v, d["item"], d["context"])]
@@ -185,14 +196,28 @@ class FrozenNetworks:
     def _encoder(self, side: str) -> Encoder:
         p, cfg = f"{side}_encoder.", self.config
         if cfg.encoder == "concat":
-            return Encoder("concat", cfg.m_records, None, Dense.read(self.state, p + "net.", "tanh"))
+            net = self._skip_factors(Dense.read(self.state, p + "net.", "tanh"), cfg.m_records)
+            return Encoder("concat", cfg.m_records, None, net)
         rho = Dense.read(self.state, p + "rho.1.", "tanh" if cfg.rho == "mlp" else None)
-        return Encoder("set", cfg.m_records, Dense.read(self.state, p + "phi.", "relu"), rho)
+        return Encoder("set", cfg.m_records, self._skip_factors(Dense.read(self.state, p + "phi.", "relu"), 1), rho)
+
+    def _skip_factors(self, net: Dense, records: int) -> Dense:
+        """`net` taking `records` records whose vectors carry the residual factor: zero weights for its columns
+        (the encoders were trained before the factors existed, and are not changed by them)."""
+        r = self.config.residual_rank
+        if not r:
+            return net
+        (w, b), rest = net.layers[0], net.layers[1:]
+        w = w.reshape(w.shape[0], records, -1)
+        zeros = np.zeros((w.shape[0], records, r), w.dtype)
+        w = np.concatenate([w[..., :self.factor_at], zeros, w[..., self.factor_at:]], axis=2).reshape(len(w), -1)
+        return Dense(((w, b), *rest), net.last)
 
     def cold_vectors(self, side: str, data: np.ndarray) -> np.ndarray:
         """Cold start: the ridge regression from side data to the trained vectors."""
-        weights = self.state[f"{side}_cold"]
-        return data @ weights[:-1] + weights[-1]
+        weights = self.state[f"{side}_cold"]  # [code, bias] only: a cold entity's residual factor is zero
+        out = data @ weights[:-1] + weights[-1]
+        return np.pad(out, ((0, 0), (0, self.vector_dim - out.shape[1]))) if self.config.residual_rank else out
 
     def to_vector(self, side: str, mean_code: np.ndarray) -> np.ndarray:
         """The breathing-corrected ID vector of an entity from the mean of its codes."""
@@ -206,7 +231,7 @@ class FrozenNetworks:
         A record is [other side's vector (its last component its bias), other data, context, rates];
         the scaled star is the first rate."""
         residual = (records[:, -self.dims["rates"]] - self.predictor.global_mean
-                    - records[:, self.vector_dim - 1])
+                    - records[:, self.config.n_dim])
         owner = np.repeat(np.arange(len(count)), count)
         total = np.bincount(owner, weights=residual, minlength=len(count)).astype(np.float32)
         return total / np.maximum(count + self.config.bias_reg, 1e-12)
@@ -215,26 +240,53 @@ class FrozenNetworks:
                        prior: float | None = None) -> np.ndarray:
         """(n * code + c * cold) / (n + c): the cold-start vector weighs as c pseudo-ratings.
 
-        With biases, the last component (a bias from fold_bias, shrunk toward 0) moves to
-        (sum of residuals + bias_reg * cold bias) / (n + bias_reg), its ridge estimate around the cold one."""
+        With biases, the bias component (from fold_bias, shrunk toward 0) moves to
+        (sum of residuals + bias_reg * cold bias) / (n + bias_reg), its ridge estimate around the cold one.
+        A residual factor is left as it is (its ridge solve already shrinks it toward zero)."""
         c = self.config.foldin_prior if prior is None else prior
         n = count.astype(np.float32)[:, None]
         out = cold + n / np.maximum(n + c, 1e-12) * (vectors - cold)  # weight 0 with no ratings, even when c = 0
         if self.config.biases:
-            r = self.config.bias_reg
-            out[:, -1] = vectors[:, -1] + r * cold[:, -1] / np.maximum(n[:, 0] + r, 1e-12)
+            r, b = self.config.bias_reg, self.config.n_dim
+            out[:, b] = vectors[:, b] + r * cold[:, b] / np.maximum(n[:, 0] + r, 1e-12)
+        out[:, self.factor_at:] = vectors[:, self.factor_at:]
         return out.astype(np.float32, copy=False)
 
     def fold_in(self, side: str, records: np.ndarray, start: np.ndarray, count: np.ndarray, seeds: list[int],
-                cold: np.ndarray, prior: float | None = None) -> np.ndarray:
-        """Vectors [B, vector_dim] of B entities with count > 0 from their flat records (CSR), seeded sampling."""
+                cold: np.ndarray, prior: float | None = None, data: np.ndarray | None = None) -> np.ndarray:
+        """Vectors [B, vector_dim] of B entities with count > 0 from their flat records (CSR), seeded sampling.
+        data: the entities' encoded side data [B, dim] (needed by the residual factor's solve)."""
         encoder = self.encoders[side]
         pos, mask = seeded_positions(count, self.config.k_samples, encoder.m, seeds)
         index = np.minimum(start[:, None, None] + pos, max(len(records) - 1, 0))
-        vectors = self.to_vector(side, encoder.codes(records, index, mask).mean(axis=1))
+        parts = [self.to_vector(side, encoder.codes(records, index, mask).mean(axis=1))]
         if self.config.biases:
-            vectors = np.concatenate([vectors, self.fold_bias(records, count)[:, None]], axis=1)
-        return self.shrink_to_cold(vectors, cold, count, prior)
+            parts.append(self.fold_bias(records, count)[:, None])
+        if self.config.residual_rank:
+            parts.append(np.zeros((len(count), self.config.residual_rank), np.float32))
+        vectors = self.shrink_to_cold(np.concatenate(parts, axis=1), cold, count, prior)
+        if self.config.residual_rank:
+            vectors[:, self.factor_at:] = self.fold_factors(side, records, start, count, vectors, data)
+        return vectors
+
+    def fold_factors(self, side: str, records: np.ndarray, start: np.ndarray, count: np.ndarray,
+                     vectors: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """Residual factors [B, r]: per entity, the ridge solve of its ratings' residuals (scaled star minus the
+        network's output for its [code, bias] vector) against the other side's factors in its records."""
+        if data is None:
+            raise ValueError("folding in a residual factor needs the entities' side data")
+        owner = np.repeat(np.arange(len(count)), count)
+        rows = np.repeat(start - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+        rec, v, d = records[rows], self.vector_dim, self.dims
+        width = d["item" if side == "user" else "user"]
+        other_vec, other_data = rec[:, :v], rec[:, v:v + width]
+        context = rec[:, v + width:v + width + d["context"]]
+        own = vectors[owner]
+        own[:, self.factor_at:] = 0.0
+        out = (self.predictor(own, data[owner], other_vec, other_data, context) if side == "user"
+               else self.predictor(other_vec, other_data, own, data[owner], context))
+        residual = rec[:, -d["rates"]] - out[:, 0]
+        return ridge_by_owner(owner, other_vec[:, self.factor_at:], residual, len(count), self.config.residual_reg)
 
 
 PATTERNS = 256  # subset patterns drawn per window size; an entity uses the one its seed picks
