@@ -86,10 +86,16 @@ def main(argv=None) -> int:
     p.add_argument("--recommend", choices=("on", "off"), default="on", help="top-N after each batch (rec-on)")
     p.add_argument("--profile", type=int, default=0, help="print the N costliest functions (cProfile)")
     p.add_argument("--sort", default="cumulative", help="order of --profile's list (cumulative, tottime, ...)")
+    p.add_argument("--residual-rank", type=int, default=None,
+                   help="the model's residual factor width (default: the stream bench's, bench/stream.py MODEL)")
     p.add_argument("--out", default=str(RESULTS / "processing.json"))
     args = p.parse_args(argv)
 
+    import stream
     from stream import QUICK, artifact, git_commit, machine, rating_events
+
+    if args.residual_rank is not None:
+        stream.MODEL = {**stream.MODEL, "residual_rank": args.residual_rank}
 
     from stream_app.core.artifacts import load_artifact
     from stream_app.settings import Settings
@@ -141,7 +147,8 @@ def main(argv=None) -> int:
     result = {"ratings": n, "batch": args.batch, "recommend_on_rating": args.recommend == "on",
               "seconds": elapsed, "ratings_per_s": n / elapsed, "ms_per_rating": per_rating,
               "outputs_per_rating": {k: v / n for k, v in sorted(counts.items())},
-              "model": rec.model_version, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "model": rec.model_version, "model_config": stream.MODEL,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "git": git_commit(), "machine": machine(), "profiled": bool(profiler),
               "command": "python bench/processing.py " + " ".join(argv or sys.argv[1:])}
     print(f"{n} ratings in batches of {args.batch}, recommendations {args.recommend}: {elapsed:.1f} s, "

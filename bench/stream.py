@@ -65,7 +65,7 @@ PARTITIONS = 4
 INPUTS = ("ratings", "users", "items", "recommend-requests")  # not counted as messages written per rating
 NOOP_FACTOR = 5  # the no-op drains this many times more ratings (else it is over in a fraction of a second)
 # ModelConfig overrides: default network sizes (what serving costs), a few training steps (what the bench can afford)
-MODEL = dict(rounds=2, steps_per_round=15, seed=0)
+MODEL = dict(rounds=2, steps_per_round=15, seed=0, residual_rank=32)  # every key is in the cache name
 FULL = dict(ratings_per_user=20, drain=6000, loads=((100, 8.0), (500, 6.0), (1000, 4.0)), micro_repeats=30)
 QUICK = dict(ratings_per_user=12, drain=2500, loads=((100, 5.0), (500, 3.0), (1000, 2.0)), micro_repeats=10)
 BIG_CATALOGUE = 40_000  # items of the synthetic catalogue of the second top-10 micro
