@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from stream_app.core.foldin import Recommender
     from stream_app.data.dataset import RatingData
 
-REGS = (4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0)  # ridge penalties tried on the validation ratings
+REGS = (4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0)  # penalties tried on the validation ratings
 SWEEPS = 8  # ALS sweeps (user solve + item solve)
 BLOCK_ENTITIES = 4096  # entities solved at once (their Gram matrices: 4096 x 32 x 32 doubles: 32 MB)
 
