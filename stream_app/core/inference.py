@@ -228,7 +228,7 @@ class FrozenNetworks:
         """Biases [B] of B entities from their records (flat, in entity order, count[b] each):
         sum(star - mean - other side's bias) / (n + bias_reg), one ridge step of the bias model.
 
-        A record is [other side's vector (its last component its bias), other data, context, rates];
+        A record is [other side's vector ([code, bias, factor]: its bias at n_dim), other data, context, rates];
         the scaled star is the first rate."""
         residual = (records[:, -self.dims["rates"]] - self.predictor.global_mean
                     - records[:, self.config.n_dim])
