@@ -10,7 +10,7 @@ solve ALS makes, so a folded-in entity gets what training would have given it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -53,34 +53,50 @@ def network_residuals(rec: Recommender, data: RatingData, batch: int = 65536) ->
     return out
 
 
+class _Problem(NamedTuple):
+    """One side's ratings sorted by that side's entity: its entities, the other side's, and the residuals."""
+
+    own: np.ndarray
+    other: np.ndarray
+    residual: np.ndarray
+
+
+def _problems(rec: Recommender, data: RatingData) -> dict[str, _Problem]:
+    """The network's residuals over `data`, sorted once per side (they do not change while ALS runs)."""
+    residual = network_residuals(rec, data)
+    out = {}
+    for side, own, other in (("user", data.user, data.item), ("item", data.item, data.user)):
+        order = np.argsort(own, kind="stable")
+        out[side] = _Problem(own[order], other[order], residual[order])
+    return out
+
+
 def fit_residual(rec: Recommender, data: RatingData, reg: float, sweeps: int = SWEEPS, seed: int = 0) -> None:
     """ALS of the factor parts of rec.vectors on the network's residuals over `data`, in place. The user solve
     comes last, so every user's factor is exactly its serving fold-in against the final item factors."""
+    _als(rec, _problems(rec, data), reg, sweeps, seed)
+
+
+def _als(rec: Recommender, problems: dict[str, _Problem], reg: float, sweeps: int, seed: int) -> None:
     at, rank = rec.net.factor_at, rec.config.residual_rank
-    residual = network_residuals(rec, data)
     rng = np.random.default_rng(seed)
     rec.vectors["item"][:, at:] = rng.normal(0.0, 0.1, (len(rec.vectors["item"]), rank))
-    order = {"user": np.argsort(data.user, kind="stable"), "item": np.argsort(data.item, kind="stable")}
     for _ in range(sweeps):
-        _solve_side(rec, data, "user", residual, order["user"], reg)
-        _solve_side(rec, data, "item", residual, order["item"], reg)
-    _solve_side(rec, data, "user", residual, order["user"], reg)
+        _solve_side(rec, "user", problems["user"], reg)
+        _solve_side(rec, "item", problems["item"], reg)
+    _solve_side(rec, "user", problems["user"], reg)
 
 
-def _solve_side(rec: Recommender, data: RatingData, side: str, residual: np.ndarray, order: np.ndarray,
-                reg: float) -> None:
+def _solve_side(rec: Recommender, side: str, problem: _Problem, reg: float) -> None:
     at = rec.net.factor_at
-    own = (data.user if side == "user" else data.item)[order]
-    other = (data.item if side == "user" else data.user)[order]
     other_factors = rec.vectors["item" if side == "user" else "user"][:, at:]
     n = len(rec.vectors[side])
-    bounds = np.searchsorted(own, np.arange(0, n + BLOCK_ENTITIES, BLOCK_ENTITIES).clip(max=n))
+    bounds = np.searchsorted(problem.own, np.arange(0, n + BLOCK_ENTITIES, BLOCK_ENTITIES).clip(max=n))
     for b, start in enumerate(range(0, n, BLOCK_ENTITIES)):
         lo, hi = bounds[b], bounds[b + 1]
-        rows = order[lo:hi]
         size = min(BLOCK_ENTITIES, n - start)
         rec.vectors[side][start:start + size, at:] = ridge_by_owner(
-            own[lo:hi] - start, other_factors[other[lo:hi]], residual[rows], size, reg)
+            problem.own[lo:hi] - start, other_factors[problem.other[lo:hi]], problem.residual[lo:hi], size, reg)
 
 
 def choose_residual(rec: Recommender, train: RatingData, valid: RatingData, report: dict | None = None,
@@ -89,9 +105,10 @@ def choose_residual(rec: Recommender, train: RatingData, valid: RatingData, repo
     rec keeps the factors of the chosen penalty."""
     from stream_app.core.bulk import rmse_of
 
+    problems = _problems(rec, train)  # the [code, bias] parts, hence the residuals, are the same for every penalty
     scores, kept = {}, None
     for reg in regs:
-        fit_residual(rec, train, reg, seed=rec.config.seed)
+        _als(rec, problems, reg, SWEEPS, rec.config.seed)
         scores[reg] = rmse_of(rec, valid)
         if kept is None or scores[reg] < scores[kept[0]]:
             kept = (reg, {s: rec.vectors[s].copy() for s in rec.vectors})
